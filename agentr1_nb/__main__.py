@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="")
     p.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
     p.add_argument("--out", default="", help="folder for per-question JSON lines")
+    p.add_argument(
+        "--prompt-style",
+        choices=["zero_shot", "few_shot"],
+        default=None,
+        help="a baseline's prompt (default: naive_rag follows the preset, tool_call is zero-shot); "
+        "few_shot adds one worked example",
+    )
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
     return ap
@@ -126,7 +133,12 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = cfg.replace(dataset=args.dataset, data_path=args.data_path, corpus_path=args.corpus)
         result = run_eval(
-            cfg, args.method, adapter=args.adapter or None, limit=args.limit, out_dir=args.out or None
+            cfg,
+            args.method,
+            adapter=args.adapter or None,
+            limit=args.limit,
+            out_dir=args.out or None,
+            prompt_style=args.prompt_style,
         )
         _print(result, args.json)
     return 0

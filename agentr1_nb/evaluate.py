@@ -303,8 +303,13 @@ def run_eval(
     adapter: str | Path | None = None,
     limit: int = 0,
     out_dir: str | Path | None = None,
+    prompt_style: str | None = None,
 ) -> dict:
     """Evaluate `method` on the held-out questions of `cfg.dataset` (greedy, batched).
+
+    `prompt_style` ("zero_shot" or "few_shot") sets a baseline's prompt; None keeps the defaults: Naive RAG
+    follows `cfg.prompt_style`, Base Tool Call is zero-shot (the paper's). An agent always uses the prompt
+    its adapter was trained with, so it is an error there.
 
     Writes one JSON line per question to `out_dir/<dataset>_<method>.jsonl` (default `runs/eval`) and the
     summary with extras (recall_all, corpus coverage, stop reasons, timing, config) to
@@ -318,7 +323,15 @@ def run_eval(
     t0 = time.time()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if prompt_style is not None and prompt_style not in ("zero_shot", "few_shot"):
+        raise ValueError(f"prompt_style must be 'zero_shot' or 'few_shot'; got {prompt_style!r}")
     adapter_dir = None
+    if method == "agent" and prompt_style is not None:
+        raise ValueError(
+            "--prompt-style applies to the baselines; an agent uses the prompt its adapter was trained with"
+        )
+    if method == "naive_rag" and prompt_style is not None:
+        cfg = cfg.replace(prompt_style=prompt_style)
     if method == "agent":
         if not adapter:
             raise ValueError(
@@ -344,7 +357,9 @@ def run_eval(
     elif method == "tool_call":
         from .baselines import tool_call
 
-        records = tool_call(model, tok, examples, make_tools(cfg, retriever), cfg)
+        records = tool_call(
+            model, tok, examples, make_tools(cfg, retriever), cfg, prompt_style=prompt_style or "zero_shot"
+        )
     else:
         from .env import ToolEnv
 
@@ -359,7 +374,8 @@ def run_eval(
     }
     out = Path(out_dir or "runs/eval")
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{cfg.dataset}_{method}"
+    used_style = (prompt_style or "zero_shot") if method == "tool_call" else cfg.prompt_style
+    stem = f"{cfg.dataset}_{method}" + ("_few_shot" if prompt_style == "few_shot" else "")
     with open(out / f"{stem}.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -370,6 +386,7 @@ def run_eval(
         "recall_all": full["recall_all"],
         "stop_reasons": stops,
         "coverage": coverage,
+        "prompt_style": used_style,
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "data_path": cfg.data_path,
         "corpus_path": cfg.corpus_path,

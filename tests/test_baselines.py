@@ -172,6 +172,25 @@ def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokeniz
     assert not any(m.disable_adapters for m in lora)  # the adapter is back on afterwards
 
 
+def test_tool_call_one_shot_puts_the_worked_example_in_the_env(tiny_model, tokenizer, monkeypatch):
+    from agentr1_nb import evaluate
+    from agentr1_nb.tools import make_tools
+
+    cfg = Config(prompt_style="zero_shot", max_turns=2, max_tokens_per_turn=4)
+    tools = make_tools(cfg, BM25Retriever(PASSAGES))
+    styles = []
+
+    def fake_eval(model, tok, examples, make_env, cfg, out_file=None):
+        styles.append(make_env().cfg.prompt_style)
+        return {}, []
+
+    monkeypatch.setattr(evaluate, "evaluate_agent", fake_eval)
+    baselines.tool_call(tiny_model, tokenizer, EXAMPLES, tools, cfg, prompt_style="few_shot")
+    assert styles == ["few_shot"]
+    with pytest.raises(ValueError, match="prompt_style"):
+        baselines.tool_call(tiny_model, tokenizer, EXAMPLES, tools, cfg, prompt_style="2-shot")
+
+
 def test_tool_call_runs_multi_turn_with_a_tiny_model(tiny_model, tokenizer):
     from agentr1_nb.tools import make_tools
 

@@ -73,6 +73,26 @@ def test_unknown_command_exits_with_usage(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_eval_prompt_style_reaches_run_eval(capsys, monkeypatch):
+    from agentr1_nb import evaluate
+
+    got = {}
+
+    def fake_run_eval(cfg, method, adapter=None, limit=0, out_dir=None, prompt_style=None):
+        got.update(method=method, prompt_style=prompt_style, dataset=cfg.dataset)
+        return {"method": method}
+
+    monkeypatch.setattr(evaluate, "run_eval", fake_run_eval)
+    argv = ["eval", "--method", "tool_call", "--dataset", "generated", "--json"]
+    assert main(argv + ["--prompt-style", "few_shot"]) == 0
+    assert got == {"method": "tool_call", "prompt_style": "few_shot", "dataset": "generated"}
+    assert main(argv) == 0 and got["prompt_style"] is None  # default: each baseline's own
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(argv + ["--prompt-style", "2shot"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_module_entry_point_runs():
     proc = subprocess.run(
         [sys.executable, "-m", "agentr1_nb", "--help"], capture_output=True, text=True, timeout=120

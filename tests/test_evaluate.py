@@ -146,6 +146,37 @@ def test_run_eval_tool_call_is_multi_turn(tiny_policy, tmp_path):
     assert (tmp_path / "generated_tool_call.jsonl").is_file()
 
 
+def test_run_eval_prompt_style_sets_the_baselines_prompt(tiny_policy, tmp_path, monkeypatch):
+    from agentr1_nb import baselines
+
+    seen = []
+    real = baselines.tool_call
+
+    def spy(model, tok, examples, tools, cfg, prompt_style="zero_shot"):
+        seen.append(prompt_style)
+        return real(model, tok, examples, tools, cfg, prompt_style=prompt_style)
+
+    monkeypatch.setattr(baselines, "tool_call", spy)
+    cfg = Config(dataset="generated", prompt_style="few_shot", **FAST)
+    run_eval(cfg, "tool_call", limit=1, out_dir=tmp_path)  # default: the paper's zero-shot, whatever cfg says
+    run_eval(cfg, "tool_call", limit=1, out_dir=tmp_path, prompt_style="few_shot")
+    assert seen == ["zero_shot", "few_shot"]
+    # each style keeps its own files, and the summary says which prompt was used
+    assert (
+        json.loads((tmp_path / "generated_tool_call.summary.json").read_text())["prompt_style"] == "zero_shot"
+    )
+    few = json.loads((tmp_path / "generated_tool_call_few_shot.summary.json").read_text())
+    assert few["prompt_style"] == "few_shot"
+    run_eval(
+        cfg.replace(prompt_style="few_shot"), "naive_rag", limit=1, out_dir=tmp_path, prompt_style="zero_shot"
+    )
+    assert tiny_policy[-1]["cfg"].prompt_style == "zero_shot"
+    with pytest.raises(ValueError, match="prompt_style"):
+        run_eval(cfg, "naive_rag", limit=1, out_dir=tmp_path, prompt_style="two_shot")
+    with pytest.raises(ValueError, match="adapter was trained with"):
+        run_eval(cfg, "agent", adapter=str(tmp_path), limit=1, out_dir=tmp_path, prompt_style="few_shot")
+
+
 def test_run_eval_agent_takes_the_training_runs_prompt(tiny_policy, tiny_model, tmp_path):
     run = tmp_path / "run"
     tiny_model.save_pretrained(run / "checkpoint" / "adapter")
