@@ -6,6 +6,7 @@ returns the summary. The methods (see `baselines` for what exactly differs betwe
 
 - "naive_rag": retrieve top-k with the question once, answer in one greedy generation;
 - "tool_call": the untrained policy (adapter disabled) in the agent's multi-turn `ToolEnv`, zero-shot;
+  either baseline takes one worked example with `prompt_style="few_shot"` (`--prompt-style`);
 - "agent": the policy with a trained LoRA adapter (`--adapter DIR`), with the prompt it was trained with.
 
 All three share the questions, the corpus, the retriever, `top_k`, `max_tool_chars`, `max_tokens_per_turn`
