@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from .config import Config
+from .env import ToolEnv, answer_well_formed, check_prompt_style, parse_action
 from .rewards import exact_match, f1_score, outcome_reward
 
 NAIVE_RAG_SYSTEM = (
@@ -66,8 +67,6 @@ def parse_answer(text: str) -> tuple[str | None, bool]:
     The answer is the text after ``<answer>`` (up to ``</answer>`` when present; an unclosed answer still
     counts as the prediction, as in the env) or None; `answer_ok` is the env's answer-format check.
     """
-    from .env import answer_well_formed, parse_action
-
     parsed = parse_action(text)
     if parsed.kind != "answer":
         return None, False
@@ -81,13 +80,11 @@ def _user_message(passages: str, question: str) -> str:
 def naive_rag_messages(question: str, passages: str, cfg: Config) -> list[dict]:
     """Chat messages of one Naive RAG prompt (a worked example first when `cfg.prompt_style == "few_shot"`)."""
     msgs = [{"role": "system", "content": NAIVE_RAG_SYSTEM}]
-    if cfg.prompt_style == "few_shot":
+    if check_prompt_style(cfg.prompt_style) == "few_shot":
         msgs += [
             {"role": "user", "content": _user_message(FEW_SHOT_PASSAGES, FEW_SHOT_QUESTION)},
             {"role": "assistant", "content": FEW_SHOT_ANSWER},
         ]
-    elif cfg.prompt_style != "zero_shot":
-        raise ValueError(f"prompt_style must be 'zero_shot' or 'few_shot'; got {cfg.prompt_style!r}")
     msgs.append({"role": "user", "content": _user_message(passages, question)})
     return msgs
 
@@ -192,13 +189,10 @@ def tool_call(
     "few_shot" adds the env's worked example episode (a 1-shot Base Tool Call: a small model that cannot
     follow the format from instructions alone sees it once).
     """
-    from .env import ToolEnv
     from .evaluate import evaluate_agent
     from .policy import reference
 
-    if prompt_style not in ("zero_shot", "few_shot"):
-        raise ValueError(f"prompt_style must be 'zero_shot' or 'few_shot'; got {prompt_style!r}")
-    cfg0 = cfg.replace(prompt_style=prompt_style)
+    cfg0 = cfg.replace(prompt_style=check_prompt_style(prompt_style))
     with reference(model):
         _, records = evaluate_agent(model, tokenizer, examples, lambda: ToolEnv(tools, tokenizer, cfg0), cfg0)
     return records

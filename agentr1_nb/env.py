@@ -121,6 +121,16 @@ def tool_turn(content: str, native: bool) -> dict:
     return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
 
 
+PROMPT_STYLES = ("zero_shot", "few_shot")
+
+
+def check_prompt_style(style: str) -> str:
+    """`style` when it is one of `PROMPT_STYLES` (the agent's and both baselines' prompts), else a ValueError."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt_style {style!r}; use 'zero_shot' or 'few_shot'")
+    return style
+
+
 def build_prompt_messages(example: Any, tools: list[Tool], cfg: Any, tokenizer: Any = None) -> list[dict]:
     """Chat messages of the prompt: system instructions (+ tool block), optional worked example, the question.
 
@@ -132,10 +142,7 @@ def build_prompt_messages(example: Any, tools: list[Tool], cfg: Any, tokenizer: 
     native = tokenizer is not None and template_supports_tools(tokenizer)
     system = INSTRUCTIONS if native else INSTRUCTIONS + tools_system_text(tools)
     messages = [{"role": "system", "content": system}]
-    style = getattr(cfg, "prompt_style", "zero_shot")
-    if style not in ("zero_shot", "few_shot"):
-        raise ValueError(f"unknown prompt_style {style!r}; use 'zero_shot' or 'few_shot'")
-    if style == "few_shot":
+    if check_prompt_style(getattr(cfg, "prompt_style", "zero_shot")) == "few_shot":
         search = tools[0].name if tools else "search"
         messages.append({"role": "user", "content": f"Question: {FEW_SHOT_QUESTION}"})
         for kind, text in FEW_SHOT_EPISODE:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .env import ToolEnv, check_prompt_style
 from .rewards import normalize_answer, score_trajectory
 
 METHODS = ("naive_rag", "tool_call", "agent")
@@ -324,8 +325,8 @@ def run_eval(
     t0 = time.time()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if prompt_style is not None and prompt_style not in ("zero_shot", "few_shot"):
-        raise ValueError(f"prompt_style must be 'zero_shot' or 'few_shot'; got {prompt_style!r}")
+    if prompt_style is not None:
+        check_prompt_style(prompt_style)  # before minutes of loading
     adapter_dir = None
     if method == "agent" and prompt_style is not None:
         raise ValueError(
@@ -362,8 +363,6 @@ def run_eval(
             model, tok, examples, make_tools(cfg, retriever), cfg, prompt_style=prompt_style or "zero_shot"
         )
     else:
-        from .env import ToolEnv
-
         tools = make_tools(cfg, retriever)
         _, records = evaluate_agent(model, tok, examples, lambda: ToolEnv(tools, tok, cfg), cfg)
 
