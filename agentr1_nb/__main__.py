@@ -11,6 +11,7 @@ import json
 import sys
 
 from .config import PRESETS, get_config
+from .env import PROMPT_STYLES
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="folder for per-question JSON lines")
     p.add_argument(
         "--prompt-style",
-        choices=["zero_shot", "few_shot"],
+        choices=PROMPT_STYLES,
         default=None,
         help="a baseline's prompt (default: naive_rag follows the preset, tool_call is zero-shot); "
         "few_shot adds one worked example",
