@@ -13,7 +13,7 @@ Base Tool Call (`tool_call`)
     (`apply_chat_template(tools=...)`) where the template supports them (Qwen2.5); for templates without
     tool support (SmolLM2) the env writes the same schema into the system prompt.
 
-What differs between "tool_call" and "agent" (evaluate.run_eval), and nothing else does:
+What differs between "tool_call" and "agent" (`runs.run_eval`), and nothing else does:
 
     =================  ================================  ==========================================
                        tool_call                         agent
@@ -41,24 +41,19 @@ from __future__ import annotations
 import torch
 
 from .config import Config
-from .env import ToolEnv, answer_well_formed, check_prompt_style, parse_action
-from .rewards import exact_match, f1_score, outcome_reward
-
-NAIVE_RAG_SYSTEM = (
-    "Answer the question using the passages given. Reply with the final answer only, as short as possible "
-    "(a name, a date, a number, or yes / no), between <answer> and </answer>."
+from .env import ToolEnv, answer_well_formed, parse_action
+from .evaluate import evaluate_agent, trajectory_record
+from .policy import reference
+from .prompts import (
+    NAIVE_RAG_SYSTEM,
+    RAG_FEW_SHOT_ANSWER,
+    RAG_FEW_SHOT_PASSAGES,
+    RAG_FEW_SHOT_QUESTION,
+    check_prompt_style,
 )
-
-# An invented two-hop example (not from any evaluation set) that shows the reply format. Its answer is a name:
-# with a year as the example answer, SmolLM2-135M answered nearly every question with a year.
-FEW_SHOT_PASSAGES = (
-    "Doc 1 (Title: Orla Vennick) Orla Vennick is a glass sculptor born in Tarsby. Her best-known work is "
-    "the Lantern Hall.\n"
-    "Doc 2 (Title: Tarsby) Tarsby is a fishing town in Hollinia, on the Wend estuary.\n"
-    "Doc 3 (Title: Lantern Hall) The Lantern Hall is an exhibition space made of coloured glass."
-)
-FEW_SHOT_QUESTION = "In which country is the birthplace of Orla Vennick?"
-FEW_SHOT_ANSWER = "<answer>Hollinia</answer>"
+from .rewards import score_trajectory
+from .rollout import Trajectory
+from .tools import SearchTool
 
 
 def parse_answer(text: str) -> tuple[str | None, bool]:
@@ -82,8 +77,8 @@ def naive_rag_messages(question: str, passages: str, cfg: Config) -> list[dict]:
     msgs = [{"role": "system", "content": NAIVE_RAG_SYSTEM}]
     if check_prompt_style(cfg.prompt_style) == "few_shot":
         msgs += [
-            {"role": "user", "content": _user_message(FEW_SHOT_PASSAGES, FEW_SHOT_QUESTION)},
-            {"role": "assistant", "content": FEW_SHOT_ANSWER},
+            {"role": "user", "content": _user_message(RAG_FEW_SHOT_PASSAGES, RAG_FEW_SHOT_QUESTION)},
+            {"role": "assistant", "content": RAG_FEW_SHOT_ANSWER},
         ]
     msgs.append({"role": "user", "content": _user_message(passages, question)})
     return msgs
@@ -127,13 +122,11 @@ def generate_batch(model, tokenizer, prompts: list[str], cfg: Config) -> tuple[l
 def naive_rag(model, tokenizer, examples: list, retriever, cfg: Config) -> list[dict]:
     """Naive RAG over `examples`: one retrieval with the question, one greedy answer per question.
 
-    Returns one record per question in the schema of `evaluate.trajectory_record` (plus `prompt_passages`,
-    the passage text the model read), so `evaluate.summarize` applies unchanged: turns = 1, searches = 0,
-    passages_seen = titles of the retrieved passages whose header survived the cut, actions = [the raw
-    generation].
+    Each answer is scored and recorded exactly as an agent episode is (`naive_rag_episode`, then
+    `rewards.score_trajectory` and `evaluate.trajectory_record`), plus `prompt_passages`, the passage text the
+    model read; so `evaluate.summarize` applies unchanged: turns = 1, searches = 0, passages_seen = titles
+    of the retrieved passages whose header survived the cut, actions = [the raw generation].
     """
-    from .tools import SearchTool
-
     search = SearchTool(retriever, k=cfg.top_k, max_chars=cfg.max_tool_chars)
     was_training = model.training
     model.eval()
@@ -149,33 +142,35 @@ def naive_rag(model, tokenizer, examples: list, retriever, cfg: Config) -> list[
         ]
         texts, reasons = generate_batch(model, tokenizer, prompts, cfg)
         for ex, res, text, reason in zip(batch, results, texts, reasons):
-            pred, answer_ok = parse_answer(text)
-            seen = list(dict.fromkeys(res.data.get("titles", [])))
-            records.append(
-                {
-                    "id": ex.id,
-                    "question": ex.question,
-                    "gold": ex.answers,
-                    "prediction": pred,
-                    "em": exact_match(pred, ex.answers),
-                    "f1": f1_score(pred, ex.answers),
-                    # no tool calls, so the tool-syntax half of the format score holds trivially
-                    "reward": outcome_reward(pred, ex.answers, answer_ok, True, cfg),
-                    "format_ok": answer_ok,
-                    "turns": 1,
-                    "searches": 0,
-                    "passages_seen": seen,
-                    "supporting_found": all(t in seen for t in ex.supporting_titles),
-                    "stop_reason": reason,
-                    "supporting_titles": list(ex.supporting_titles),
-                    "supporting_seen": [t for t in ex.supporting_titles if t in seen],
-                    "actions": [text],
-                    "prompt_passages": res.content,
-                }
-            )
+            traj = naive_rag_episode(ex, text, res.data.get("titles", []), reason)
+            score_trajectory(traj, cfg)
+            records.append({**trajectory_record(traj), "prompt_passages": res.content})
     if was_training:
         model.train()
     return records
+
+
+def naive_rag_episode(example, text: str, titles: list[str], stop_reason: str) -> Trajectory:
+    """A Naive RAG answer as a one-turn episode, so that it is scored and recorded by the agent's code.
+
+    No tool was called, so the tool-syntax half of the format score holds trivially (`tool_ok`); the
+    passages the model read are the turn's `titles`. The token fields stay empty: nothing is trained on it.
+    """
+    answer, answer_ok = parse_answer(text)
+    return Trajectory(
+        example=example,
+        group=0,
+        prompt_len=0,
+        token_ids=[],
+        action_mask=[],
+        logprobs=[],
+        turns=[{"action_text": text, "observation": "", "reward": 0.0, "info": {"titles": list(titles)}}],
+        answer=answer,
+        answer_ok=answer_ok,
+        tool_ok=True,
+        num_searches=0,
+        stop_reason=stop_reason,
+    )
 
 
 def tool_call(
@@ -189,9 +184,6 @@ def tool_call(
     "few_shot" adds the env's worked example episode (a 1-shot Base Tool Call: a small model that cannot
     follow the format from instructions alone sees it once).
     """
-    from .evaluate import evaluate_agent
-    from .policy import reference
-
     cfg0 = cfg.replace(prompt_style=check_prompt_style(prompt_style))
     with reference(model):
         _, records = evaluate_agent(model, tokenizer, examples, lambda: ToolEnv(tools, tokenizer, cfg0), cfg0)

@@ -5,6 +5,10 @@ the token sequence the policy sampled in one turn. `step(action)` parses it, val
 calls (`Tool.execute` says *what happened*), and interprets the result (*what it means*): observation tokens,
 a process reward, done.
 
+`build_task(cfg, tokenizer)` is the one env factory: it loads the questions and passages of `cfg.dataset`,
+builds the retriever and the tools once, and returns a `Task` whose `make_env()` gives a fresh `ToolEnv` per
+episode. Prompt texts live in `prompts.py`.
+
 Formats (Qwen's native function calling):
 - tool call: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; final answer ``<answer>...</answer>``.
 - The tools are offered through the tokenizer's chat template (`tools=`) when the template supports them
@@ -49,41 +53,25 @@ from typing import Any
 
 import jsonschema
 
-from .tools import Tool, ToolResult, cut
+from .config import Config
+from .data import Passage, QAExample
+from .prompts import (
+    AGENT_FEW_SHOT_EPISODE,
+    AGENT_FEW_SHOT_QUESTION,
+    AGENT_INSTRUCTIONS,
+    QWEN_TOOLS_HEAD,
+    QWEN_TOOLS_TAIL,
+    check_prompt_style,
+)
+from .retrieval import Retriever, build_retriever
+from .tools import Tool, ToolResult, cut, make_tools
+from .world import load_corpus, load_examples
 
 STOP_STRINGS = ("</tool_call>", "</answer>")
 """The rollout stops a turn at these strings (and at eos)."""
 
 MAX_ANSWER_CHARS = 100
 """A well-formed answer is shorter than this (the answer-format check of the paper's format score)."""
-
-INSTRUCTIONS = (
-    "Answer the question by searching an encyclopedia, one tool call per turn. When you know the answer, "
-    "reply with only <answer>short answer</answer>."
-)
-
-# An invented two-hop episode for the few-shot prompt. The names are made up and appear in no data set.
-FEW_SHOT_QUESTION = "In which country was the founder of Velmora Textiles born?"
-FEW_SHOT_EPISODE = [
-    ("call", "Velmora Textiles founder"),
-    (
-        "result",
-        "Doc 1 (Title: Velmora Textiles) Velmora Textiles was founded by Ilse Brandt.",
-    ),
-    ("call", "Ilse Brandt"),
-    ("result", "Doc 1 (Title: Ilse Brandt) Ilse Brandt was born in Kessary, Orlavia."),
-    ("answer", "Orlavia"),
-]
-
-_QWEN_TOOLS_HEAD = (
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-)
-_QWEN_TOOLS_TAIL = (
-    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
-    "<args-json-object>}\n</tool_call>"
-)
 
 _ACT = "@@AR1_ACTION@@"
 _SLOT = "@@AR1_SLOT{}@@"
@@ -102,7 +90,7 @@ def template_supports_tools(tokenizer) -> bool:
 def tools_system_text(tools: list[Tool]) -> str:
     """The tool description Qwen2.5's chat template appends to the system prompt, byte for byte."""
     lines = "".join("\n" + json.dumps(t.schema(), ensure_ascii=False) for t in tools)
-    return _QWEN_TOOLS_HEAD + lines + _QWEN_TOOLS_TAIL
+    return QWEN_TOOLS_HEAD + lines + QWEN_TOOLS_TAIL
 
 
 def format_call(name: str, arguments: dict) -> str:
@@ -121,16 +109,6 @@ def tool_turn(content: str, native: bool) -> dict:
     return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
 
 
-PROMPT_STYLES = ("zero_shot", "few_shot")
-
-
-def check_prompt_style(style: str) -> str:
-    """`style` when it is one of `PROMPT_STYLES` (the agent's and both baselines' prompts), else a ValueError."""
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"unknown prompt_style {style!r}; use 'zero_shot' or 'few_shot'")
-    return style
-
-
 def build_prompt_messages(example: Any, tools: list[Tool], cfg: Any, tokenizer: Any = None) -> list[dict]:
     """Chat messages of the prompt: system instructions (+ tool block), optional worked example, the question.
 
@@ -140,12 +118,12 @@ def build_prompt_messages(example: Any, tools: list[Tool], cfg: Any, tokenizer: 
     turn structure it has to produce).
     """
     native = tokenizer is not None and template_supports_tools(tokenizer)
-    system = INSTRUCTIONS if native else INSTRUCTIONS + tools_system_text(tools)
+    system = AGENT_INSTRUCTIONS if native else AGENT_INSTRUCTIONS + tools_system_text(tools)
     messages = [{"role": "system", "content": system}]
     if check_prompt_style(getattr(cfg, "prompt_style", "zero_shot")) == "few_shot":
         search = tools[0].name if tools else "search"
-        messages.append({"role": "user", "content": f"Question: {FEW_SHOT_QUESTION}"})
-        for kind, text in FEW_SHOT_EPISODE:
+        messages.append({"role": "user", "content": f"Question: {AGENT_FEW_SHOT_QUESTION}"})
+        for kind, text in AGENT_FEW_SHOT_EPISODE:
             if kind == "call":
                 messages.append({"role": "assistant", "content": format_call(search, {"query": text})})
             elif kind == "result":
@@ -232,15 +210,22 @@ class ParsedAction:
 
 _CALL_OPEN, _CALL_CLOSE = "<tool_call>", "</tool_call>"
 _ANS_OPEN, _ANS_CLOSE = "<answer>", "</answer>"
-_FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+_FENCE = "```"
+
+
+def strip_fence(body: str) -> str:
+    """The inside of a Markdown code fence (```` ```json ... ``` ````) around a whole stripped body, else the
+    body. String methods only: the backtracking regex this replaces took seconds on a fence followed by a
+    few thousand spaces (issue #14), and every model output must parse in time linear in its length."""
+    if len(body) >= 2 * len(_FENCE) and body.startswith(_FENCE) and body.endswith(_FENCE):
+        inner = body[len(_FENCE) : -len(_FENCE)]
+        return inner.removeprefix("json").strip()
+    return body
 
 
 def parse_call_json(raw: str) -> ParsedCall:
     """Parse the JSON inside one ``<tool_call>`` block. Never raises; problems go to `.error`."""
-    body = raw.strip()
-    fence = _FENCE_RE.match(body)
-    if fence:
-        body = fence.group(1)
+    body = strip_fence(raw.strip())
     if not body:
         return ParsedCall(raw, error="the tool call is empty")
     try:
@@ -639,9 +624,27 @@ def run_with_timeout(tool: Tool, args: dict, timeout_s: float) -> tuple[ToolResu
     return result, None
 
 
-def env_factory(cfg: Any, tokenizer: Any, retriever: Any) -> Callable[[], ToolEnv]:
-    """`make_env` for the rollout: builds the tools once (`tools.make_tools`) and a fresh ToolEnv per call."""
-    from .tools import make_tools
+# ---------------------------------------------------------------------------------------------- the task
+@dataclass
+class Task:
+    """Everything a run needs besides the policy: questions, corpus, retriever, tools and the env factory."""
 
+    train: list[QAExample]
+    eval: list[QAExample]
+    passages: list[Passage]
+    retriever: Retriever
+    tools: list[Tool]
+    make_env: Callable[[], ToolEnv] = field(repr=False, default=None)
+    """A fresh `ToolEnv` per call (one per episode); every env shares `tools` (and so the retriever)."""
+
+
+def build_task(cfg: Config, tokenizer: Any) -> Task:
+    """The one env factory: load the questions and corpus named by `cfg.dataset` (`world.load_examples`,
+    `world.load_corpus` over train + eval), build the retriever (`cfg.retriever`), the tools once, and
+    `make_env`."""
+    train_ex = load_examples(cfg, "train")
+    eval_ex = load_examples(cfg, "eval")
+    passages = load_corpus(cfg, train_ex + eval_ex)
+    retriever = build_retriever(cfg, passages)
     tools = make_tools(cfg, retriever)
-    return lambda: ToolEnv(tools, tokenizer, cfg)
+    return Task(train_ex, eval_ex, passages, retriever, tools, lambda: ToolEnv(tools, tokenizer, cfg))

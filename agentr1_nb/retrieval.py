@@ -19,14 +19,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+import bm25s
 import numpy as np
+import Stemmer
 
+from .common import hub_reachable
+from .config import RETRIEVERS, Config
 from .data import Passage, QAExample
-
-if TYPE_CHECKING:
-    from .config import Config
+from .world import load_corpus, load_examples
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,9 @@ class BM25Retriever:
     """BM25 (bm25s, Lucene variant) over title + text, English stemming and stopwords."""
 
     def __init__(self, passages: list[Passage]):
-        import bm25s
-        import Stemmer
-
         if not passages:
             raise ValueError("BM25Retriever needs at least one passage")
         self.passages = list(passages)
-        self._bm25s = bm25s
         self._stemmer = Stemmer.Stemmer("english")
         tokens = bm25s.tokenize(
             [_doc_text(p) for p in self.passages], stopwords="en", stemmer=self._stemmer, show_progress=False
@@ -84,7 +82,7 @@ class BM25Retriever:
         out: list[list[Hit]] = [[] for _ in queries]
         if k == 0 or not queries:
             return out
-        tok = self._bm25s.tokenize(
+        tok = bm25s.tokenize(
             [q or "" for q in queries],
             stopwords="en",
             stemmer=self._stemmer,
@@ -128,8 +126,6 @@ def resolve_encoder(encoder: str = "auto") -> str:
     if encoder not in ("auto", "", "minilm"):
         return encoder
     if encoder == "auto":
-        from .data import hub_reachable
-
         if hub_reachable():
             return BGE_LARGE
         print(
@@ -232,7 +228,7 @@ def build_retriever(cfg: Config, passages: list[Passage]) -> Retriever:
         return BM25Retriever(passages)
     if cfg.retriever == "dense":
         return DenseRetriever(passages, encoder=cfg.dense_encoder, cache_dir=cfg.cache_dir)
-    raise ValueError(f"unknown retriever {cfg.retriever!r}; valid: bm25, dense")
+    raise ValueError(f"unknown retriever {cfg.retriever!r}; valid: {', '.join(RETRIEVERS)}")
 
 
 def search_many(retriever: Retriever, queries: list[str], k: int) -> list[list[Hit]]:
@@ -242,13 +238,29 @@ def search_many(retriever: Retriever, queries: list[str], k: int) -> list[list[H
     return [retriever.search(q, k) for q in queries]
 
 
+def _measurable(examples: list[QAExample], ks: list[int]) -> list[QAExample]:
+    """The examples whose supporting titles are known; a ValueError for a k < 1 or when there are none."""
+    if not ks or any(int(k) < 1 for k in ks):
+        raise ValueError(f"recall needs k >= 1 passages per search; got k={list(ks)}")
+    if not examples:
+        raise ValueError("recall over 0 questions cannot be measured; no questions were given")
+    known = [ex for ex in examples if ex.supporting_titles]
+    if not known:
+        raise ValueError(
+            f"none of the {len(examples)} questions names its supporting passages, so recall cannot be "
+            "measured; question-only files get them from a corpus file (corpus_path)"
+        )
+    return known
+
+
 def recall_at_k(retriever: Retriever, examples: list[QAExample], k: int) -> dict:
     """Single-shot recall with the question as query, over examples that have supporting titles.
 
     `recall_any`: share of questions with at least one supporting title in the top k; `recall_all`: with all
-    of them. `by_kind` gives the same per question kind.
+    of them. `by_kind` gives the same per question kind. A ValueError when `k` < 1 or no question names its
+    supporting passages (a recall over nothing is not 0).
     """
-    examples = [ex for ex in examples if ex.supporting_titles]
+    examples = _measurable(examples, [k])
     t0 = time.perf_counter()
     results = search_many(retriever, [ex.question for ex in examples], k)
     dt = time.perf_counter() - t0
@@ -265,8 +277,8 @@ def recall_at_k(retriever: Retriever, examples: list[QAExample], k: int) -> dict
         n = len(rs)
         return {
             "n": n,
-            "recall_any": round(sum(a for a, _ in rs) / n, 4) if n else 0.0,
-            "recall_all": round(sum(b for _, b in rs) / n, 4) if n else 0.0,
+            "recall_any": round(sum(a for a, _ in rs) / n, 4),
+            "recall_all": round(sum(b for _, b in rs) / n, 4),
         }
 
     out = summary(rows)
@@ -277,7 +289,7 @@ def recall_at_k(retriever: Retriever, examples: list[QAExample], k: int) -> dict
 
 def recall_curve(retriever: Retriever, examples: list[QAExample], ks: list[int]) -> dict[str, list[float]]:
     """recall_any / recall_all at each k in `ks`, from one search per question at max(ks)."""
-    examples = [ex for ex in examples if ex.supporting_titles]
+    examples = _measurable(examples, ks)
     results = search_many(retriever, [ex.question for ex in examples], max(ks))
     out: dict[str, list[float]] = {"k": list(ks), "recall_any": [], "recall_all": []}
     for k in ks:
@@ -285,8 +297,8 @@ def recall_curve(retriever: Retriever, examples: list[QAExample], ks: list[int])
             [t in {h.passage.title for h in hits[:k]} for t in ex.supporting_titles]
             for ex, hits in zip(examples, results)
         ]
-        out["recall_any"].append(sum(map(any, got)) / max(len(got), 1))
-        out["recall_all"].append(sum(map(all, got)) / max(len(got), 1))
+        out["recall_any"].append(sum(map(any, got)) / len(got))
+        out["recall_all"].append(sum(map(all, got)) / len(got))
     return out
 
 
@@ -297,8 +309,6 @@ def measure_recall(dataset: str, data_path: str, corpus_path: str, k: int, cfg: 
     corpus, or the union of the questions' context passages). For "generated" an empty `data_path` means the
     held-out questions of the world described by `cfg`.
     """
-    from .data import load_corpus, load_examples
-
     cfg = cfg.replace(dataset=dataset, data_path=data_path, corpus_path=corpus_path)
     examples = load_examples(cfg, "eval")
     passages = load_corpus(cfg, examples)

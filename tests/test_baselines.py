@@ -8,7 +8,8 @@ from peft.tuners.lora import LoraLayer
 from agentr1_nb import baselines
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample, make_passage
-from agentr1_nb.evaluate import summarize
+from agentr1_nb.evaluate import summarize, trajectory_record
+from agentr1_nb.prompts import RAG_FEW_SHOT_ANSWER
 from agentr1_nb.retrieval import BM25Retriever, Hit
 
 RECORD_KEYS = {
@@ -77,7 +78,7 @@ def test_messages_few_shot_and_zero_shot():
     zero = baselines.naive_rag_messages("Q?", "Doc 1 (Title: T) text", Config(prompt_style="zero_shot"))
     assert [m["role"] for m in few] == ["system", "user", "assistant", "user"]
     assert [m["role"] for m in zero] == ["system", "user"]
-    assert baselines.FEW_SHOT_ANSWER in few[2]["content"]
+    assert RAG_FEW_SHOT_ANSWER in few[2]["content"]
     assert few[-1]["content"] == zero[-1]["content"] and "Doc 1 (Title: T) text" in zero[-1]["content"]
     with pytest.raises(ValueError, match="prompt_style"):
         baselines.naive_rag_messages("Q?", "", Config(prompt_style="chain"))
@@ -119,6 +120,12 @@ def test_naive_rag_prompt_holds_the_top_k_passages(tokenizer, monkeypatch):
         assert (r["turns"], r["searches"]) == (1, 0)
         assert r["passages_seen"] == ["Brindle Abbey", "Aldo Finch"]
     assert [r["supporting_found"] for r in recs] == [True, True, False]
+    # one record builder: the agent's, plus the passages the model read
+    traj = baselines.naive_rag_episode(
+        EXAMPLES[0], "<answer>Aldo Finch</answer>", ["Brindle Abbey"], "answer"
+    )
+    assert set(recs[0]) == set(trajectory_record(traj)) | {"prompt_passages"}
+    assert recs[0]["prompt_passages"].startswith("Doc 1 (Title: Brindle Abbey)")
     s = summarize(recs)
     assert s["em"] == pytest.approx(1 / 3) and s["recall_any"] == pytest.approx(2 / 3)
 
@@ -150,7 +157,6 @@ def test_naive_rag_runs_with_a_tiny_model(tiny_model, tokenizer):
 
 
 def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokenizer, monkeypatch):
-    from agentr1_nb import evaluate
     from agentr1_nb.tools import make_tools
 
     cfg = Config(prompt_style="few_shot", max_turns=2, max_tokens_per_turn=4)
@@ -164,7 +170,7 @@ def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokeniz
         captured["cfg_style"] = cfg.prompt_style
         return {}, [{"id": ex.id} for ex in examples]
 
-    monkeypatch.setattr(evaluate, "evaluate_agent", fake_eval)
+    monkeypatch.setattr(baselines, "evaluate_agent", fake_eval)
     recs = baselines.tool_call(tiny_model, tokenizer, EXAMPLES, tools, cfg)
     assert [r["id"] for r in recs] == ["q1", "q2", "q3"]
     assert captured == {"adapters_disabled": True, "env_style": "zero_shot", "cfg_style": "zero_shot"}
@@ -173,7 +179,6 @@ def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokeniz
 
 
 def test_tool_call_one_shot_puts_the_worked_example_in_the_env(tiny_model, tokenizer, monkeypatch):
-    from agentr1_nb import evaluate
     from agentr1_nb.tools import make_tools
 
     cfg = Config(prompt_style="zero_shot", max_turns=2, max_tokens_per_turn=4)
@@ -184,7 +189,7 @@ def test_tool_call_one_shot_puts_the_worked_example_in_the_env(tiny_model, token
         styles.append(make_env().cfg.prompt_style)
         return {}, []
 
-    monkeypatch.setattr(evaluate, "evaluate_agent", fake_eval)
+    monkeypatch.setattr(baselines, "evaluate_agent", fake_eval)
     baselines.tool_call(tiny_model, tokenizer, EXAMPLES, tools, cfg, prompt_style="few_shot")
     assert styles == ["few_shot"]
     with pytest.raises(ValueError, match="prompt_style"):

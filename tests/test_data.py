@@ -10,17 +10,19 @@ import pytest
 from agentr1_nb.config import Config
 from agentr1_nb.data import (
     DataFormatError,
+    context_passages,
     fill_titles_from_question,
     load_2wiki,
-    load_corpus,
     load_corpus_file,
-    load_examples,
     load_hotpotqa,
     load_hub,
     load_musique,
     load_qa_jsonl,
+    load_real_examples,
     read_musique,
+    read_records,
 )
+from agentr1_nb.world import load_corpus, load_examples
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -98,10 +100,16 @@ def test_load_examples_and_corpus_from_config():
     assert len(load_corpus(cfg, exs)) == 6
     with pytest.raises(ValueError, match="corpus_path"):
         load_corpus(Config(dataset="2wiki", data_path=str(FIX / "2wiki_qa.jsonl")), exs)
-    with pytest.raises(ValueError, match="unknown dataset"):
-        load_examples(Config(dataset="nope"), "eval")
+    nope = Config()
+    nope.dataset = "nope"  # past the config's own check: the loaders check too
+    with pytest.raises(ValueError, match="unknown real dataset 'nope'"):
+        load_examples(nope, "eval")
+    with pytest.raises(ValueError, match="world.load_examples"):
+        load_real_examples(Config(), "eval")  # the generated world is not a real dataset
     with pytest.raises(ValueError, match="split"):
         load_examples(Config(), "test")
+    with pytest.raises(ValueError, match="split"):
+        load_real_examples(cfg, "dev")
 
 
 # ---------------------------------------------------------------- malformed input
@@ -109,13 +117,20 @@ def test_load_examples_and_corpus_from_config():
 
 def _write(tmp_path, name, content) -> Path:
     p = tmp_path / name
-    p.write_text(content if isinstance(content, str) else json.dumps(content))
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
     return p
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def test_bad_json_names_file(tmp_path):
     p = _write(tmp_path, "broken.json", '[{"question": "a", ')
-    with pytest.raises(DataFormatError, match=r"broken\.json.*not valid JSON"):
+    with pytest.raises(DataFormatError, match=r"broken\.json.*not valid JSON.*truncated"):
         load_hotpotqa(p)
     p = _write(tmp_path, "broken.jsonl", '{"id": "1", "question": "q", "answer": "a"}\n{"id": 2,\n')
     with pytest.raises(DataFormatError, match=r"broken\.jsonl: line 2"):
@@ -151,6 +166,159 @@ def test_missing_field_names_file_item_field(tmp_path):
         load_qa_jsonl(p, "2wiki")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_hotpotqa(tmp_path / "missing.json")
+    with pytest.raises(DataFormatError, match="is a folder"):
+        load_corpus_file(tmp_path)
+
+
+# ---------------------------------------------------------------- edge cases (issue #14): an error or a fallback
+
+QA = [
+    {"id": "a", "question": "Who founded Brindle Abbey?", "answer": "Aldo Finch"},
+    {"id": "b", "question": "Where was Aldo Finch born?", "answer": "Saltmere"},
+]
+
+
+def _qa(**changes) -> list[dict]:
+    rows = [dict(r) for r in QA]
+    rows[1].update(changes)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "answer,what",
+    [(None, "null"), ("", "empty"), ("   ", "empty"), ([], "an empty list"), ({"text": "x"}, "a dict"),
+     (True, "a bool"), (["Saltmere", None], "null")],
+)  # fmt: skip
+def test_null_or_empty_answer_is_an_error_naming_file_and_item(tmp_path, answer, what):
+    p = _write(tmp_path, "qa.jsonl", _jsonl(_qa(answer=answer)))
+    with pytest.raises(DataFormatError, match=rf"qa\.jsonl: item 1 \(id 'b'\): field 'answer' is {what}"):
+        load_qa_jsonl(p, "2wiki")
+    recs = json.loads((FIX / "hotpot_official.json").read_text())
+    recs[0]["answer"] = answer
+    p = _write(tmp_path, "hp.json", recs)
+    with pytest.raises(DataFormatError, match=rf"hp\.json: item 0 \(id 'hp-1'\): field 'answer' is {what}"):
+        load_hotpotqa(p)
+
+
+def test_null_answer_never_becomes_the_string_none(tmp_path):
+    lines = (FIX / "musique.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["answer"] = None
+    p = _write(tmp_path, "mq.jsonl", json.dumps(rec) + "\n")
+    with pytest.raises(
+        DataFormatError, match=r"mq\.jsonl: item 0 \(id '2hop__1_2'\): field 'answer' is null"
+    ):
+        load_musique(p)
+    # null and empty aliases are dropped (a defined fallback); numbers are answers too
+    rec["answer"], rec["answer_aliases"] = 1990, [None, "", "nineteen ninety"]
+    p = _write(tmp_path, "mq.jsonl", json.dumps(rec) + "\n")
+    assert load_musique(p)[0].answers == ["1990", "nineteen ninety"]
+
+
+@pytest.mark.parametrize("question", ["", "  \n ", None, 5])
+def test_empty_question_is_an_error(tmp_path, question):
+    p = _write(tmp_path, "qa.jsonl", _jsonl(_qa(question=question)))
+    with pytest.raises(DataFormatError, match=r"qa\.jsonl: item 1 \(id 'b'\): field 'question'"):
+        load_qa_jsonl(p, "2wiki")
+    recs = json.loads((FIX / "2wiki_official.json").read_text())
+    recs[1]["question"] = question
+    p = _write(tmp_path, "2w.json", recs)
+    with pytest.raises(DataFormatError, match=r"2w\.json: item 1 \(id '2w-2'\): field 'question'"):
+        load_2wiki(p)
+
+
+def test_duplicate_ids_are_an_error_naming_both_items(tmp_path):
+    rows = QA + [{"id": "a", "question": "Again?", "answer": "x"}]
+    p = _write(tmp_path, "dup.jsonl", _jsonl(rows))
+    with pytest.raises(DataFormatError, match=r"dup\.jsonl: item 2 has the same id 'a' as item 0"):
+        load_qa_jsonl(p, "2wiki")
+    recs = json.loads((FIX / "hotpot_official.json").read_text())
+    recs[1]["_id"] = recs[0]["_id"]
+    with pytest.raises(DataFormatError, match=r"item 1 has the same id 'hp-1' as item 0"):
+        load_hotpotqa(_write(tmp_path, "dup.json", recs))
+    lines = (
+        (FIX / "musique.jsonl").read_text().splitlines()
+    )  # item 1 is unanswerable: indices stay the file's
+    rec = json.loads(lines[2])
+    rec["id"] = json.loads(lines[0])["id"]
+    p = _write(tmp_path, "mq.jsonl", "\n".join([lines[0], lines[1], json.dumps(rec)]) + "\n")
+    with pytest.raises(DataFormatError, match=r"mq\.jsonl: item 2 has the same id '2hop__1_2' as item 0"):
+        load_musique(p)
+
+
+def test_2wiki_format_is_decided_per_item_not_by_item_0(tmp_path):
+    official = json.loads((FIX / "2wiki_official.json").read_text())
+    qa_item = {"id": "2wq-9", "question": "Who directed Glass Harbour?", "answer": "Tom Vey"}
+    exs = load_2wiki(_write(tmp_path, "mixed.json", [qa_item] + official))
+    assert [e.id for e in exs] == ["2wq-9", "2w-1", "2w-2"]
+    assert exs[0].context == [] and exs[0].supporting_titles == []
+    assert [len(e.context) for e in exs[1:]] == [3, 2]  # the later items keep their passages
+    assert exs[1].supporting_titles == ["Glass Harbour", "Tom Vey"] and exs[2].hops == 4
+    # the other order too, and the corpus of a mixed file is the union of the items that have passages
+    exs = load_2wiki(_write(tmp_path, "mixed2.json", official + [qa_item]))
+    assert [len(e.context) for e in exs] == [3, 2, 0]
+    assert len(context_passages(exs)) == 4
+
+
+def test_empty_files_say_they_are_empty(tmp_path):
+    for content in ["", "  \n\n", "\ufeff"]:
+        p = _write(tmp_path, "empty.jsonl", content)
+        with pytest.raises(DataFormatError, match=r"empty\.jsonl: the file is empty"):
+            load_2wiki(p)
+    for content in ["[]", '{"data": []}']:
+        p = _write(tmp_path, "none.json", content)
+        with pytest.raises(DataFormatError, match=r"none\.json: holds no records"):
+            load_hotpotqa(p)
+    p = _write(tmp_path, "empty.jsonl", "")
+    cfg = Config(dataset="2wiki", data_path=str(p))
+    with pytest.raises(DataFormatError, match="the file is empty"):  # not "question-only format"
+        load_corpus(cfg)
+    with pytest.raises(DataFormatError, match=r"corpus\.json: the file is empty"):
+        load_corpus_file(_write(tmp_path, "corpus.json", "\n"))
+
+
+def test_all_unanswerable_musique_file_is_an_error(tmp_path):
+    lines = (FIX / "musique.jsonl").read_text().splitlines()
+    unanswerable = [ln for ln in lines if json.loads(ln).get("answerable") is False]
+    p = _write(tmp_path, "mq.jsonl", "\n".join(unanswerable) + "\n")
+    with pytest.raises(ValueError, match=r"no musique questions to use in .*mq\.jsonl"):
+        load_examples(Config(dataset="musique", data_path=str(p)), "eval")
+
+
+def test_non_utf8_file_names_the_file(tmp_path):
+    p = _write(
+        tmp_path,
+        "latin1.jsonl",
+        '{"id": "a", "question": "Où est Zürich?", "answer": "x"}\n'.encode("latin-1"),
+    )
+    with pytest.raises(DataFormatError, match=r"latin1\.jsonl: not UTF-8 text \(byte 0xf9 at offset 26\)"):
+        load_qa_jsonl(p, "2wiki")
+    # a UTF-8 byte-order mark is accepted
+    p = _write(tmp_path, "bom.json", "\ufeff" + json.dumps(QA))
+    assert [e.id for e in load_qa_jsonl(p, "2wiki")] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (
+            '[{"id": "a", "question": "q", "answer": "x"}, {"id": "b", "qu',
+            r"t\.json: not valid JSON.*truncated",
+        ),
+        (
+            '[{"id": "a", "question": "q", "answer": "x"}] []',
+            r"t\.json: not valid JSON \(line 1, column 47\)",
+        ),
+        ('{"id": "a", "question": "q", "answer": "x"', r"t\.json: line 1 is not valid JSON"),
+        ('{"id": "a", "question": "q", "answer": "x"}\n{"id": "b", "question": "q",\n', r"t\.json: line 2"),
+        ("id,question,answer\na,q,x\n", r"t\.json: line 1 is not valid JSON"),
+        ('["a", "b"]', r"t\.json: item 0 is a str, expected a JSON object"),
+    ],
+)
+def test_corrupt_or_truncated_json_names_the_file(tmp_path, content, match):
+    p = _write(tmp_path, "t.json", content)
+    with pytest.raises(DataFormatError, match=match):
+        read_records(p)
 
 
 def test_hub_offline_error_names_alternatives(monkeypatch):

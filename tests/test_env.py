@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import time
 
 import pytest
@@ -12,12 +14,16 @@ from agentr1_nb.data import Passage, QAExample
 from agentr1_nb.env import (
     STOP_STRINGS,
     StepResult,
+    Task,
     ToolEnv,
     build_prompt_messages,
+    build_task,
     parse_action,
     render_chat,
+    strip_fence,
     tools_system_text,
 )
+from agentr1_nb.prompts import AGENT_FEW_SHOT_QUESTION, RAG_FEW_SHOT_QUESTION
 from agentr1_nb.retrieval import Hit
 from agentr1_nb.tools import CalculatorTool, SearchTool, Tool, ToolResult
 
@@ -430,12 +436,89 @@ def test_out_of_vocabulary_ids_do_not_raise(tokenizer):
     assert isinstance(res, StepResult)
 
 
-def test_env_factory_shares_tools(tokenizer):
-    from agentr1_nb.env import env_factory
+def test_build_task_is_the_env_factory_and_shares_tools(tokenizer):
+    task = build_task(Config(top_k=2, world_entities=20, world_questions=40), tokenizer)
+    assert isinstance(task, Task) and len(task.train) + len(task.eval) == 40 and task.passages
+    a, b = task.make_env(), task.make_env()
+    assert a is not b and a.tools["search"] is b.tools["search"] is task.tools[0]
+    assert a.tools["search"].k == 2 and a.tools["search"].retriever is task.retriever
+    ex = task.eval[0]
+    a.reset(ex)
+    a.step(enc(tokenizer, call(query=ex.supporting_titles[0])))
+    assert a.num_searches == 1 and b.turns == [] and b.num_searches == 0
 
-    make = env_factory(Config(top_k=2), tokenizer, FakeRetriever())
-    a, b = make(), make()
-    assert a is not b and a.tools["search"] is b.tools["search"] and a.tools["search"].k == 2
-    a.reset(EXAMPLE)
-    a.step(enc(tokenizer, call(query="alpha")))
-    assert b.turns == [] and b.num_searches == 0
+
+def test_few_shot_texts_have_one_definition_each():
+    assert AGENT_FEW_SHOT_QUESTION != RAG_FEW_SHOT_QUESTION
+    msgs = build_prompt_messages(EXAMPLE, [SearchTool(FakeRetriever())], Config(prompt_style="few_shot"))
+    assert msgs[1]["content"] == f"Question: {AGENT_FEW_SHOT_QUESTION}"
+
+
+# ------------------------------------------------------------------------------------------------ parser: linear
+# Issue #14: the fence regex ^```(?:json)?\s*(.*?)\s*```$ took seconds on a fence followed by 2,000 spaces.
+N = 20_000
+GOOD = {"name": "search", "arguments": {"query": "x"}}
+
+
+def _one_call(text):
+    parsed = parse_action(text)
+    assert parsed.kind == "tool_call" and len(parsed.calls) == 1
+    return parsed.calls[0]
+
+
+def test_long_whitespace_in_a_fence_parses():
+    assert _one_call("<tool_call>```" + " " * N + "x</tool_call>").error.startswith("invalid JSON")
+    assert _one_call("<tool_call>```json" + " \n\t" * N).error.startswith("invalid JSON")  # cut, unclosed
+    call_ = _one_call("<tool_call>```json" + " " * N + json.dumps(GOOD) + "\n" * N + "```</tool_call>")
+    assert call_.error is None and call_.arguments == {"query": "x"}
+    assert _one_call("<tool_call>" + " " * N + "</tool_call>").error == "the tool call is empty"
+    assert _one_call("<tool_call>```" + " " * N + "```</tool_call>").error == "the tool call is empty"
+
+
+def test_long_runs_of_backticks_braces_and_quotes_parse():
+    assert _one_call("<tool_call>" + "`" * N + "</tool_call>").error.startswith("invalid JSON")
+    assert _one_call("<tool_call>``````</tool_call>").error == "the tool call is empty"  # an empty fence
+    assert _one_call("<tool_call>" + "` " * N + "</tool_call>").error.startswith("invalid JSON")
+    assert _one_call("<tool_call>" + "{" * N + "</tool_call>").error.startswith("invalid JSON")
+    assert _one_call("<tool_call>" + "[" * N + "</tool_call>").error.startswith("invalid JSON")
+    assert (
+        _one_call("<tool_call>" + "{}" * N + "</tool_call>").error
+        == "extra text after the JSON object in the tool call"
+    )
+    assert _one_call('<tool_call>{"name": "' + '"' * N + "</tool_call>").error.startswith("invalid JSON")
+    long_query = {"name": "search", "arguments": {"query": '\\"' * N}}
+    call_ = _one_call("<tool_call>" + json.dumps(long_query) + "</tool_call>")
+    assert call_.error is None and call_.arguments["query"] == '\\"' * N
+    assert _one_call("<tool_call>'" + "'" * N + "</tool_call>").error.endswith(
+        "(use double quotes for keys and strings): Expecting value at position 0"
+    )
+
+
+def test_long_nested_tags_parse():
+    parsed = parse_action("<tool_call>" * N)
+    assert parsed.kind == "tool_call" and len(parsed.calls) == 1 and not parsed.calls[0].closed
+    parsed = parse_action("<tool_call>" * N + "</tool_call>" * N)
+    assert len(parsed.calls) == 1 and parsed.calls[0].error.startswith("invalid JSON")
+    parsed = parse_action(("<tool_call>" + json.dumps(GOOD) + "</tool_call>") * 2000)
+    assert len(parsed.calls) == 2000 and all(c.error is None for c in parsed.calls)
+    parsed = parse_action("<answer>" * N)
+    assert parsed.kind == "answer" and not parsed.answer_closed and len(parsed.answer) == 8 * (N - 1)
+    parsed = parse_action("<answer>" + "</a" * N + "</answer>")
+    assert parsed.kind == "answer" and parsed.answer_closed and parsed.answer == "</a" * N
+    assert parse_action(" \n\t" * N).kind == "empty"
+    assert parse_action("x" + " " * N + "<answer>ok</answer>").answer == "ok"
+
+
+_OLD_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(["`", "``", "```", "json", " ", "\n", "{", "}", "x", '"']), max_size=12).map(
+        "".join
+    )
+)
+def test_strip_fence_does_what_the_regex_did(body):
+    body = body.strip()  # parse_call_json strips before looking for a fence
+    m = _OLD_FENCE.match(body)
+    assert strip_fence(body) == (m.group(1) if m else body)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agentr1_nb.config import Config
-from agentr1_nb.data import load_corpus_file, make_passage
+from agentr1_nb.data import QAExample, load_corpus_file, load_qa_jsonl, make_passage
 from agentr1_nb.retrieval import (
     BM25Retriever,
     DenseRetriever,
@@ -18,6 +18,8 @@ from agentr1_nb.retrieval import (
     build_retriever,
     measure_recall,
     minilm_dir,
+    recall_at_k,
+    recall_curve,
     resolve_encoder,
 )
 
@@ -49,8 +51,12 @@ def test_bm25_search(corpus):
 
 def test_build_retriever_by_config(corpus):
     assert isinstance(build_retriever(Config(retriever="bm25"), corpus), BM25Retriever)
-    with pytest.raises(ValueError, match="unknown retriever"):
-        build_retriever(Config(retriever="tfidf"), corpus)
+    with pytest.raises(ValueError, match="retriever='tfidf'"):  # the config refuses it when built
+        Config(retriever="tfidf")
+    cfg = Config()
+    cfg.retriever = "tfidf"  # and build_retriever when it got past the config
+    with pytest.raises(ValueError, match="unknown retriever 'tfidf'; valid: bm25, dense"):
+        build_retriever(cfg, corpus)
 
 
 def test_resolve_encoder_offline(monkeypatch, capsys):
@@ -99,6 +105,28 @@ def test_measure_recall_fixture_files():
     assert out["n"] == 2 and out["recall_any"] == 1.0
     out = measure_recall("2wiki", str(FIX / "2wiki_qa.jsonl"), str(FIX / "corpus.json"), 3, cfg)
     assert out["n"] == 3 and out["recall_all"] == 1.0
+
+
+def test_recall_needs_questions_with_titles_and_k_at_least_1(corpus):
+    r = BM25Retriever(corpus)
+    ex = [QAExample("q", "Who is the mother of Tom Vey?", ["Mira Vey"], ["Tom Vey"])]
+    assert recall_at_k(r, ex, 1)["recall_all"] == 1.0
+    for k in (0, -3):
+        with pytest.raises(ValueError, match=r"k >= 1"):
+            recall_at_k(r, ex, k)
+        with pytest.raises(ValueError, match=r"k >= 1"):
+            recall_curve(r, ex, [1, k])
+    with pytest.raises(ValueError, match=r"k >= 1"):
+        recall_curve(r, ex, [])
+    with pytest.raises(ValueError, match="0 questions"):
+        recall_at_k(r, [], 3)
+    with pytest.raises(ValueError, match="0 questions"):
+        recall_curve(r, [], [1, 3])
+    question_only = load_qa_jsonl(FIX / "2wiki_qa.jsonl", "2wiki")  # no supporting titles: not recall 0.0
+    with pytest.raises(ValueError, match="none of the 3 questions names its supporting passages"):
+        recall_at_k(r, question_only, 3)
+    with pytest.raises(ValueError, match="k >= 1"):
+        measure_recall("hotpotqa", str(FIX / "hotpot_official.json"), "", 0, Config())
 
 
 def test_cli_retrieval_json():

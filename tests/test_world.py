@@ -8,16 +8,20 @@ import re
 import pytest
 
 from agentr1_nb.config import Config
-from agentr1_nb.data import (
+from agentr1_nb.data import load_corpus_file, load_qa_jsonl
+from agentr1_nb.retrieval import BM25Retriever, recall_at_k
+from agentr1_nb.world import (
     DEFAULT_KIND_WEIGHTS,
     KIND_HOPS,
+    WORLD_FILES,
     generate_world,
     load_corpus,
     load_examples,
     split_world,
+    world_files,
     world_from_config,
+    write_world,
 )
-from agentr1_nb.retrieval import BM25Retriever, recall_at_k
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +133,17 @@ def test_bm25_on_world(world):
     assert rec["by_kind"]["comparison"]["recall_all"] > 0.9
     assert rec["by_kind"]["bridge"]["recall_all"] < 0.3  # single-shot retrieval cannot solve the bridge
     assert rec["by_kind"]["3hop"]["recall_all"] < 0.1
+
+
+def test_write_world_reads_back_with_the_real_format_loaders(tmp_path):
+    world = generate_world(seed=2, n_people=12, n_questions=40)
+    paths = write_world(world, tmp_path / "w", eval_fraction=0.25)
+    assert [p.name for p in paths] == list(WORLD_FILES)
+    assert load_corpus_file(tmp_path / "w" / "passages.jsonl") == world.passages
+    train, held = split_world(world, 0.25)
+    for name, split in (("questions_train.jsonl", train), ("questions_eval.jsonl", held)):
+        back = load_qa_jsonl(tmp_path / "w" / name, "generated")
+        assert [(q.id, q.question, q.answers, q.supporting_titles, q.kind, q.hops) for q in back] == [
+            (q.id, q.question, q.answers, q.supporting_titles, q.kind, q.hops) for q in split
+        ]
+    assert world_files(world, 0.25) == {p.name: p.read_text(encoding="utf-8") for p in paths}
