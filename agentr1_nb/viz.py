@@ -1,6 +1,19 @@
-"""Plots for the notebooks: small, PNG-friendly matplotlib figures."""
+"""Display for the notebooks: small, PNG-friendly matplotlib figures and the HTML view of a trajectory.
+
+matplotlib is imported inside the plotting functions, so `render_trajectory_html` works without it.
+"""
 
 from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # for the annotation only: viz needs no torch to draw
+    from .rollout import Trajectory
 
 COMPONENT_COLORS = {
     "weights": "#4c72b0",
@@ -63,8 +76,6 @@ TRAINING_SERIES = (
 
 def _ci_err(value: float, ci) -> list[float]:
     """Asymmetric error bar lengths [below, above] from a (lo, hi) interval; zeros when unknown."""
-    import math
-
     if ci is None or len(ci) != 2 or any(c is None or math.isnan(c) for c in ci) or math.isnan(value):
         return [0.0, 0.0]
     return [max(value - ci[0], 0.0), max(ci[1] - value, 0.0)]
@@ -138,8 +149,6 @@ def plot_demo(history: list[dict], before: dict, after: dict, path=None, dpi: in
     fig.tight_layout()
     if path is None:
         return fig
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -162,7 +171,6 @@ def plot_comparison(
     Returns the figure.
     """
     import matplotlib.pyplot as plt
-    import numpy as np
 
     paper = paper or {}
     paper_columns = paper_columns or {}
@@ -197,3 +205,62 @@ def plot_comparison(
     axes[0][0].set_ylabel("exact match")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+ACTION_COLOUR, CONTEXT_COLOUR = "#c8f7c5", "#e3e8f0"
+
+
+def render_trajectory_html(
+    traj: Trajectory, tokenizer, turn: int | None = None, show_prompt: bool = False
+) -> str:
+    """HTML of a trajectory's tokens coloured by action mask (green: sampled by the model; grey: prompt and
+    tool tokens), one token per box (hover shows id and log-prob), with each turn's reward and info.
+
+    `turn` limits the view to one turn (its action and the observation after it).
+    """
+    lo = 0 if show_prompt else traj.prompt_len
+    hi = len(traj.token_ids)
+    if turn is not None:
+        if not 0 <= turn < len(traj.turns):
+            return f"<p>turn {turn} does not exist (this trajectory has {len(traj.turns)} turns)</p>"
+        lo = traj.turn_starts[turn]
+        hi = traj.turn_starts[turn + 1] if turn + 1 < len(traj.turn_starts) else hi
+    boxes = []
+    for i in range(lo, hi):
+        tok = html.escape(tokenizer.decode([traj.token_ids[i]], skip_special_tokens=False))
+        tok = tok.replace("\n", "&#8629;<br>") or "&#8203;"
+        cls = "ar1-act" if traj.action_mask[i] else "ar1-ctx"
+        boxes.append(
+            f'<span class="{cls}" title="#{i} id={traj.token_ids[i]} logp={traj.logprobs[i]:.3f}">{tok}</span>'
+        )
+    turns = range(len(traj.turns)) if turn is None else [turn]
+    rows = "".join(
+        "<tr><td>{}</td><td>{}</td><td>{:+.3f}</td><td>{}</td><td><pre style='margin:0'>{}</pre></td></tr>".format(
+            k,
+            html.escape(str(traj.turns[k].get("stop"))),
+            traj.turns[k]["reward"],
+            html.escape(str((traj.turns[k].get("info") or {}).get("kind"))),
+            html.escape(traj.turns[k]["observation"][:400]),
+        )
+        for k in turns
+    )
+    head = (
+        f"<b>{html.escape(traj.example.question)}</b> gold: {html.escape(traj.example.answer)} | "
+        f"answer: {html.escape(str(traj.answer))} | stop: {traj.stop_reason}"
+        f"{' (truncated)' if traj.truncated else ''} | turns: {len(traj.turns)} | "
+        f"<span style='background:{ACTION_COLOUR}'>model tokens</span> "
+        f"<span style='background:{CONTEXT_COLOUR}'>prompt / tool tokens</span>"
+    )
+    table = (
+        "<table><tr><th>turn</th><th>stop</th><th>reward</th><th>kind</th><th>observation (400 chars)</th></tr>"
+        f"{rows}</table>"
+    )
+    style = (
+        f"<style>.ar1-act{{background:{ACTION_COLOUR}}} .ar1-ctx{{background:{CONTEXT_COLOUR}}} "
+        ".ar1-act,.ar1-ctx{border-radius:2px}</style>"
+    )
+    body = "".join(boxes)
+    return f"{style}<div style='font-family:monospace;font-size:12px;line-height:1.7'>{head}<div>{body}</div>{table}</div>"

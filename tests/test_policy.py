@@ -1,4 +1,4 @@
-"""Policy loading, LoRA / QLoRA, the reference policy, chunked token log-probs, memory arithmetic."""
+"""Policy loading, LoRA / QLoRA, the reference policy, final hidden states, chunked token log-probs."""
 
 from __future__ import annotations
 
@@ -9,21 +9,18 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from agentr1_nb import policy
+from agentr1_nb.bench import token_logprobs_naive
 from agentr1_nb.config import Config, get_config
+from agentr1_nb.memory import NF4_BYTES_PER_PARAM, lora_param_count
 from agentr1_nb.policy import (
-    QWEN25_3B_CONFIG,
     ModelUnavailableError,
     _folder_is_complete,
     cpu_default_model_dir,
-    info,
-    linear_shapes,
+    final_hidden,
     load_policy,
-    lora_param_count,
-    memory_budget,
-    param_counts,
     reference,
     token_logprobs,
-    token_logprobs_naive,
 )
 
 
@@ -151,8 +148,6 @@ def test_nf4_bytes_match_bitsandbytes(tiny_model_dir):
     """The memory arithmetic's bytes per 4-bit parameter agree with what bitsandbytes stores."""
     import bitsandbytes as bnb
 
-    from agentr1_nb.policy import NF4_BYTES_PER_PARAM
-
     cfg = get_config(overrides={"model": str(tiny_model_dir), "load_in_4bit": True, "compute_dtype": "fp32"})
     model, _ = load_policy(cfg)
     params = stored = 0
@@ -251,6 +246,51 @@ def test_logprobs_reject_a_model_without_head():
         token_logprobs(torch.nn.Linear(2, 2), torch.zeros(1, 3, dtype=torch.long))
 
 
+def test_final_hidden_is_the_decoders_last_state_without_a_cache():
+    """PPO's value features: the final (normed) hidden states, padding-aware, LoRA applied, no KV cache built."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    _perturb_lora(model, scale=0.1)
+    ids, mask = _padded_batch(300)
+    decoder, head = policy._decoder_and_head(model)
+    seen = []
+    hook = decoder.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw.get("use_cache")), with_kwargs=True
+    )
+    try:
+        h = final_hidden(model, ids, mask)
+    finally:
+        hook.remove()
+    assert seen == [False]
+    assert h.shape == (3, 11, model.config.hidden_size)
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=policy.position_ids_from_mask(mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        real = mask.bool()
+        torch.testing.assert_close(h[real], out.hidden_states[-1][real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(head(h)[real], out.logits[real], atol=1e-5, rtol=1e-5)
+        with reference(model):
+            base = final_hidden(model, ids, mask)
+    assert not torch.allclose(base[real], h[real], atol=1e-3)  # the adapter changes the features
+    assert h.requires_grad  # the value loss reaches the LoRA weights through them
+
+
+def test_greedy_temperature_leaves_logprobs_undivided():
+    """temperature <= 0 means greedy in the sampler, which records log softmax(logits): so does token_logprobs."""
+    model = make_tiny_model(200)
+    ids = torch.randint(200, (2, 7), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        plain = token_logprobs(model, ids, chunk=3)
+        assert torch.equal(token_logprobs(model, ids, chunk=3, temperature=0.0), plain)
+        assert torch.equal(token_logprobs(model, ids, chunk=3, temperature=1.0), plain)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -315,54 +355,8 @@ def test_corrupted_cache_folder_is_rebuilt(tmp_path, cpu_default_dir):
     assert model.config.vocab_size == 49152
 
 
-def test_info_reports_versions_and_device(cpu_default_dir):
-    out = info(Config(cache_dir=str(cpu_default_dir.parent)))
-    assert out["device"] == "cpu" or out["device"].startswith("cuda:")
-    assert out["torch"] == torch.__version__
-    assert out["cpu_default_model_path"] == str(cpu_default_dir)
-    assert isinstance(out["bf16_supported"], bool)
-    assert out["bitsandbytes"] is False or isinstance(out["bitsandbytes"], str)
-
-
-# ----------------------------------------------------------------------------- memory arithmetic
-
-
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_param_counts_match_real_models(family):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    kw = dict(
-        vocab_size=1000,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=family == "qwen2",
-    )
-    cfg = Qwen2Config(**kw) if family == "qwen2" else LlamaConfig(**kw)
-    model = (Qwen2ForCausalLM if family == "qwen2" else LlamaForCausalLM)(cfg)
-    counts = param_counts(cfg.to_dict())
-    assert counts["total"] == sum(p.numel() for p in model.parameters())
-    linear = sum(m.weight.numel() for n, m in model.named_modules() if n.split(".")[-1] in linear_shapes(kw))
-    assert counts["linear"] == linear
-
-
-def test_memory_budget_of_qwen25_3b_on_a_t4():
-    """The arithmetic reproduces the facts in the design notes (GUIDE.md)."""
-    b = memory_budget(QWEN25_3B_CONFIG, get_config("colab_t4"))
-    assert b["params_total"] == 3_085_938_688  # Qwen2.5-3B's published 3.09B
-    assert 29e6 < b["lora_params"] < 31e6
-    assert 2.0 < b["weights_gb"] < 2.2
-    assert b["kv_bytes_per_token"] == 36 * 1024  # 16 bit
-    assert b["logit_bytes_per_token"] == 151936 * 4
-    assert b["logits_naive_gb"] > 10 * b["logits_chunked_gb"]
-    assert b["train_peak_gb"] < 15 < b["train_peak_naive_gb"]
-    assert b["activations_no_ckpt_gb"] > 15
-    assert b["rollout_peak_gb"] < 15
-    assert set(b["phases"]) == {
-        "rollout",
-        "train, chunked logits",
-        "train, naive logits",
-        "train, no checkpointing",
-    }
+def test_hub_offline_is_the_common_hub_check(monkeypatch):
+    monkeypatch.setattr(policy, "hub_reachable", lambda: False)
+    assert policy.hub_offline()
+    monkeypatch.setattr(policy, "hub_reachable", lambda: True)
+    assert not policy.hub_offline()

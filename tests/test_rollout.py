@@ -9,7 +9,9 @@ import torch
 
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
-from agentr1_nb.rollout import StopChecker, Trajectory, _Batch, _Row, rollout, sample_tokens
+from agentr1_nb.kvcache import KVBatch
+from agentr1_nb.policy import token_logprobs
+from agentr1_nb.rollout import StopChecker, Trajectory, _Row, rollout, sample_tokens
 
 HEADER = "<|im_start|>assistant\n"
 
@@ -155,12 +157,12 @@ def test_padded_cache_matches_single_row_forward(tiny_model, tokenizer):
     rows = [_Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
     timer = {"forward_s": 0.0, "forward_calls": 0}
     with torch.inference_mode():
-        batch = _Batch(model, rows, True, tokenizer.pad_token_id, timer)
+        batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
         batch.forward()
         for step, lens in enumerate(chunks):
             if step == 1:  # split rows off and merge them back, as a turn does when rows stop early
-                part = __import__("agentr1_nb.rollout", fromlist=["_split"])._split(batch, [1])
-                batch = _Batch.merge([batch.select([0, 2]), part])
+                part = batch.split([1])
+                batch = KVBatch.merge([batch.select([0, 2]), part])
             for r in batch.rows:
                 r.traj.token_ids.extend(lens[rows.index(r)])
             logits = batch.forward()
@@ -223,6 +225,31 @@ def test_recorded_logprobs_match_a_full_forward(tiny_model, tokenizer):
             want = logp[torch.tensor(pos) - 1, torch.tensor([traj.token_ids[i] for i in pos])]
             got = torch.tensor([traj.logprobs[i] for i in pos])
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_token_logprobs_at_the_sampling_temperature_reproduce_the_sampler(tiny_model, tokenizer):
+    """The trainer's recomputation (`token_logprobs(..., temperature=T)` on the right-padded batch) gives the
+    sampler's log-probs: the first PPO ratio is 1. At T = 1 it would not (issue #12)."""
+    torch.manual_seed(4)
+    temperature = 0.7
+    trajs = rollout(
+        tiny_model, tokenizer, examples(2), EnvFactory(tokenizer), cfg(temperature=temperature), 2
+    )
+    width = max(len(t.token_ids) for t in trajs)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([t.token_ids + [pad] * (width - len(t.token_ids)) for t in trajs])  # (B, T)
+    mask = torch.tensor([[1] * len(t.token_ids) + [0] * (width - len(t.token_ids)) for t in trajs])
+    act = torch.tensor([t.action_mask + [0] * (width - len(t.action_mask)) for t in trajs])[:, 1:].bool()
+    old = torch.tensor([t.logprobs + [0.0] * (width - len(t.logprobs)) for t in trajs])[:, 1:]  # (B, T-1)
+    tiny_model.eval()
+    with torch.no_grad():
+        new = token_logprobs(tiny_model, ids, mask, chunk=16, temperature=temperature)
+        at_one = token_logprobs(tiny_model, ids, mask, chunk=16)
+    assert act.sum() > 10
+    ratio = torch.exp(new - old)[act]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
+    torch.testing.assert_close(new[act], old[act], atol=1e-5, rtol=1e-5)
+    assert (at_one[act] - old[act]).abs().max() > 1e-2
 
 
 def test_greedy_with_kv_reuse_equals_recomputation(tiny_model, tokenizer):
@@ -478,7 +505,7 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
     rows = [_Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
     timer = {"forward_s": 0.0, "forward_calls": 0}
     with torch.inference_mode():
-        batch = _Batch(model, rows, True, tokenizer.pad_token_id, timer)
+        batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
         batch.forward()
         for r, extra in zip(rows, ([1, 2, 3, 4, 5, 6, 7, 8, 9], [10], [11, 12])):
             r.traj.token_ids.extend(extra)
@@ -487,7 +514,7 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
         batch.compact()
         assert batch.mask.shape[1] == 14 and batch.cache.layers[0].keys.shape[-2] == 14
         assert batch.mask.sum(1).tolist() == [12, 13, 9] and batch.mask[:, -1].all()
-        assert not batch.mask[:, 0].any()  # the anchor keeps the mask explicit (see _Batch)
+        assert not batch.mask[:, 0].any()  # the anchor keeps the mask explicit (see KVBatch)
         for r in rows:
             r.traj.token_ids.append(42)
         logits = batch.forward()
@@ -496,32 +523,7 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
             torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
 
 
-# ----------------------------------------------------------------------------- display, baseline, real model
-
-
-def test_render_trajectory_html_escapes_and_colours(tiny_model, tokenizer):
-    from agentr1_nb.rollout import render_trajectory_html
-
-    make_env = EnvFactory(tokenizer, obs_text=lambda turn, q: "<script>alert(1)</script>")
-    (traj,) = rollout(tiny_model, tokenizer, examples(1), make_env, cfg(max_turns=2))
-    page = render_trajectory_html(traj, tokenizer)
-    assert "<script>" not in page and "&lt;script&gt;" in page
-    assert page.count('class="ar1-act"') == sum(traj.action_mask[traj.prompt_len :])
-    one = render_trajectory_html(traj, tokenizer, turn=0)
-    assert one.count('class="ar1-act"') == traj.turn_ends[0] - traj.turn_starts[0] + 1
-    assert "does not exist" in render_trajectory_html(traj, tokenizer, turn=7)
-
-
-def test_naive_baseline_runs(tiny_model, tokenizer):
-    from agentr1_nb.rollout import naive_rollout
-
-    torch.manual_seed(0)
-    make_env = EnvFactory(tokenizer)
-    out = naive_rollout(
-        tiny_model, tokenizer, examples(2), make_env, cfg(max_turns=2, max_tokens_per_turn=6), 2
-    )
-    assert 0 < out["generated_tokens"] <= 4 * 2 * 6 and out["wall_s"] > 0
-    assert all(len(env.received) == 2 for env in make_env.envs)
+# ----------------------------------------------------------------------------- the real model
 
 
 @pytest.mark.slow

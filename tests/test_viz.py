@@ -96,3 +96,66 @@ def test_plot_comparison_without_paper_and_bad_input():
     plt.close(fig)
     with pytest.raises(ValueError, match="at least one row"):
         viz.plot_comparison([])
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def _trajectory(tokenizer):
+    """prompt, action, a tool observation holding HTML, action: built by hand, as the rollout lays it out."""
+    from agentr1_nb.data import QAExample
+    from agentr1_nb.rollout import Trajectory
+
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    prompt = enc("<|im_start|>user\nWho founded Acme?<|im_end|>\n<|im_start|>assistant\n")
+    act1 = enc('<tool_call>{"name": "search", "arguments": {"query": "Acme"}}</tool_call>')
+    obs = enc("<|im_end|>\n<|im_start|>user\n<tool_response><script>alert(1)</script></tool_response>")
+    act2 = enc("<answer>Paris & <b>Co</b></answer>")
+    ids = prompt + act1 + obs + act2
+    mask = [0] * len(prompt) + [1] * len(act1) + [0] * len(obs) + [1] * len(act2)
+    start2 = len(prompt) + len(act1) + len(obs)
+    turns = [
+        {
+            "action_text": "",
+            "observation": "<script>alert(1)</script>",
+            "reward": 0.1,
+            "info": {"kind": "tool_call"},
+            "stop": "</tool_call>",
+        },
+        {
+            "action_text": "",
+            "observation": "",
+            "reward": 0.0,
+            "info": {"kind": "answer"},
+            "stop": "</answer>",
+        },
+    ]
+    traj = Trajectory(
+        QAExample(id="q0", question="Who founded <Acme>?", answers=["Paris"]),
+        0,
+        len(prompt),
+        ids,
+        mask,
+        [-0.5 * m for m in mask],
+        turns=turns,
+        turn_starts=[len(prompt), start2],
+        turn_ends=[len(prompt) + len(act1) - 1, len(ids) - 1],
+        answer="Paris & <b>Co</b>",
+        stop_reason="answer",
+    )
+    return traj, len(act1), len(act2)
+
+
+def test_render_trajectory_html_escapes_and_colours(tokenizer):
+    traj, n1, n2 = _trajectory(tokenizer)
+    page = viz.render_trajectory_html(traj, tokenizer)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<b>Co</b>" not in page and "&lt;Acme&gt;" in page
+    assert page.count('class="ar1-act"') == sum(traj.action_mask[traj.prompt_len :]) == n1 + n2
+    assert page.count('class="ar1-ctx"') == len(traj.token_ids) - traj.prompt_len - n1 - n2
+    with_prompt = viz.render_trajectory_html(traj, tokenizer, show_prompt=True)
+    assert with_prompt.count('class="ar1-ctx"') == len(traj.token_ids) - n1 - n2
+    one = viz.render_trajectory_html(traj, tokenizer, turn=0)
+    assert one.count('class="ar1-act"') == traj.turn_ends[0] - traj.turn_starts[0] + 1 == n1
+    assert viz.render_trajectory_html(traj, tokenizer, turn=1).count('class="ar1-act"') == n2
+    assert "does not exist" in viz.render_trajectory_html(traj, tokenizer, turn=7)

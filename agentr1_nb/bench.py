@@ -1,0 +1,398 @@
+"""Benchmarks and the environment report: what the notebooks and `python -m agentr1_nb bench / info` measure.
+
+- `bench_logprobs`: peak memory and time of the naive (full (B, T, V) logits) against the chunked token
+  log-probs (`policy.token_logprobs`), each variant in a fresh process.
+- `bench_rollout`: tokens per second of `rollout.rollout` on the generated world, against plain
+  `model.generate` and `naive_rollout`, the re-encode-every-turn loop of Search-R1-like code.
+- `info`: versions, device, bf16 and bitsandbytes support, the CPU default model folder.
+- `token_logprobs_naive`: the reference the chunked log-probs are checked against.
+
+Nothing in the training path imports this module.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from . import __version__
+from .common import maxrss_bytes, rss_bytes, set_seed
+from .config import Config
+from .env import STOP_STRINGS, build_task, parse_action
+from .kvcache import left_pad
+from .policy import (
+    cpu_default_model_dir,
+    load_policy,
+    position_ids_from_mask,
+    token_logprobs,
+    valid_targets,
+)
+from .rollout import eos_ids, inference, rollout
+
+# ----------------------------------------------------------------------------- token log-probs
+
+
+def token_logprobs_naive(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
+    """Same result as `token_logprobs` from the full (B, T, V) logits: the reference for tests and bench."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits.float()  # (B, T, V)
+    if temperature > 0 and temperature != 1.0:  # as token_logprobs: <= 0 is greedy, undivided
+        logits = logits / temperature
+    # Slicing off the last position after the log-softmax, not before: a sliced (non-contiguous) input
+    # would make log_softmax copy the whole logits tensor once more.
+    logp_all = torch.log_softmax(logits, dim=-1)[:, :-1]  # (B, T-1, V)
+    del logits
+    valid = valid_targets(attention_mask)
+    logp = torch.where(valid, logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1), 0.0)
+    if not with_entropy:
+        return logp
+    return logp, torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), 0.0)
+
+
+# ----------------------------------------------------------------------------- log-prob benchmark
+
+
+def _bench_model(vocab: int, device: str):
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(cfg).to(device).train()
+
+
+def _bench_worker(
+    variant: str, batch: int, seq: int, vocab: int, chunk: int, backward: bool, out: str
+) -> None:
+    """One measurement in a fresh process (so the peak is this variant's alone); writes JSON + log-probs."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _bench_model(vocab, device)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(vocab, (batch, seq), generator=g).to(device)
+
+    def run(x):
+        logp = token_logprobs_naive(model, x) if variant == "naive" else token_logprobs(model, x, chunk=chunk)
+        if backward:
+            logp.sum().backward()
+        return logp
+
+    run(ids[:1, :8])  # warm-up: lazy imports and one-off buffers must not count as this variant's peak
+    model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+    t0 = time.perf_counter()
+    logp = run(ids)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = maxrss_bytes() - base
+    seconds = time.perf_counter() - t0
+    grad = model.get_output_embeddings().weight.grad
+    torch.save({"logp": logp.detach().cpu(), "grad": None if grad is None else grad.cpu()}, out)
+    print(json.dumps({"peak_bytes": peak, "seconds": seconds, "device": device}))
+
+
+def bench_logprobs(
+    batch: int = 8, seq: int = 1024, vocab: int = 151_936, chunk: int = 128, backward: bool = False
+) -> dict:
+    """Peak memory of naive vs chunked token log-probs (`token_logprobs_naive` vs `token_logprobs`).
+
+    Measures the forward pass with gradients enabled (what a training step holds before its backward);
+    `backward=True` adds the backward of `logp.sum()`. The default size, 8 x 1,024 tokens with Qwen2.5's
+    151,936-token vocabulary, needs about 10 GB of host memory for the naive forward (fp32 logits plus
+    their log-softmax) and 15 GB with the backward, so the default leaves the backward to smaller sizes
+    (the memory notebook shows both). A tiny random Qwen2 (hidden 64, 2 layers, fp32) keeps everything
+    else negligible. Each variant runs in a fresh Python process: on CUDA the peak is
+    `torch.cuda.max_memory_allocated`, on the CPU the growth of the peak resident set size over the
+    resident size just before the call. `max_abs_diff` compares the log-probs, `grad_max_abs_diff` the
+    gradient of the output head (None without backward).
+    """
+    results, tensors = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("naive", "chunked"):
+            out = str(Path(tmp) / f"{variant}.pt")
+            kw = dict(
+                variant=variant, batch=batch, seq=seq, vocab=vocab, chunk=chunk, backward=backward, out=out
+            )
+            code = f"from agentr1_nb.bench import _bench_worker; _bench_worker(**{kw!r})"
+            # A fixed glibc mmap threshold: every tensor over 1 MiB gets its own mapping, returned to the OS
+            # when freed, so the resident set follows the live tensors instead of heap fragmentation.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"bench_logprobs {variant} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+                )
+            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            tensors[variant] = torch.load(out)
+    mb = 2**20
+    naive, chunked = results["naive"], results["chunked"]
+    grad_diff = None
+    if backward:
+        grad_diff = (tensors["naive"]["grad"] - tensors["chunked"]["grad"]).abs().max().item()
+    return {
+        "naive_peak_mb": round(naive["peak_bytes"] / mb, 1),
+        "chunked_peak_mb": round(chunked["peak_bytes"] / mb, 1),
+        "ratio": round(chunked["peak_bytes"] / naive["peak_bytes"], 4),
+        "max_abs_diff": (tensors["naive"]["logp"] - tensors["chunked"]["logp"]).abs().max().item(),
+        "grad_max_abs_diff": grad_diff,
+        "naive_s": round(naive["seconds"], 2),
+        "chunked_s": round(chunked["seconds"], 2),
+        "vocab": vocab,
+        "tokens": batch * seq,
+        "batch": batch,
+        "seq": seq,
+        "chunk": chunk,
+        "backward": backward,
+        "device": naive["device"],
+    }
+
+
+# ----------------------------------------------------------------------------- environment report
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def info(cfg: Config) -> dict:
+    """Versions, device, bf16 and bitsandbytes support, and the resolved CPU default model folder."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device, bf16 = f"cuda:{torch.cuda.get_device_name(0)}", torch.cuda.is_bf16_supported()
+    else:  # bf16 always runs on a CPU; it is fast (2.5-3x fp32) only with these instructions
+        device, bf16 = "cpu", bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    try:
+        import bitsandbytes
+
+        bnb: str | bool = bitsandbytes.__version__
+    except Exception:  # noqa: BLE001 - a broken install (missing CUDA libs, ...) is reported, not raised
+        bnb = False
+    try:
+        cpu_default: str = str(cpu_default_model_dir(cfg.cache_dir))
+    except Exception as e:  # noqa: BLE001
+        cpu_default = f"unavailable: {e}"
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": importlib.metadata.version("peft"),  # importing peft takes ~10 s here
+        "device": device,
+        "cuda": torch.version.cuda if cuda else None,
+        "bf16_supported": bf16,
+        "bitsandbytes": bnb,
+        "cpu_threads": torch.get_num_threads(),
+        "model": cfg.model,
+        "cpu_default_model_path": cpu_default,
+    }
+
+
+# ----------------------------------------------------------------------------- rollout speed
+
+
+def naive_rollout(model, tokenizer, examples, make_env, cfg: Config, group_size: int = 1) -> dict:
+    """THE BASELINE OF THE BENCHMARK, not for training: the re-encode-every-turn loop of Search-R1-like code.
+
+    Each turn decodes every running episode's history to text, re-tokenises it and calls `model.generate`
+    (a fresh prefill of the whole history, no cache kept across turns; rows that hit a stop string stay in
+    the batch as padding until every row has stopped), then cuts the text at the stop string and re-encodes
+    the action for the env. Returns {"generated_tokens", "wall_s"}: tokens the model generated up to each
+    row's stop.
+    """
+    t0 = time.perf_counter()
+    envs, histories = [], []
+    for example in examples:
+        for _ in range(group_size):
+            env = make_env()
+            envs.append(env)
+            histories.append(list(env.reset(example)))
+    stops = list(STOP_STRINGS)
+    eos = eos_ids(tokenizer, model)
+    running = list(range(len(envs)))
+    generated = 0
+    with inference(model):
+        for _ in range(cfg.max_turns):
+            if not running:
+                break
+            texts = [tokenizer.decode(histories[i], skip_special_tokens=False) for i in running]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+            out = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_tokens_per_turn,
+                do_sample=cfg.temperature > 0,
+                temperature=cfg.temperature if cfg.temperature > 0 else None,
+                top_p=cfg.top_p,
+                top_k=0,
+                stop_strings=stops,
+                tokenizer=tokenizer,
+                eos_token_id=sorted(eos),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            still = []
+            for row, i in enumerate(running):
+                new = out[row, enc["input_ids"].shape[1] :].tolist()
+                # generate pads a row once it stops: its tokens end at the first pad or eos (eos included)
+                k = next(
+                    (j for j, tok in enumerate(new) if tok in eos or tok == tokenizer.pad_token_id), len(new)
+                )
+                text = tokenizer.decode(new[:k], skip_special_tokens=False)
+                cuts = [text.index(s) + len(s) for s in stops if s in text]
+                if cuts:
+                    text, n = text[: min(cuts)], k
+                else:
+                    n = min(k + 1, len(new))
+                    text = tokenizer.decode(new[:n], skip_special_tokens=False)
+                generated += n
+                action = tokenizer.encode(text, add_special_tokens=False)  # re-encoded: the peers' bug
+                res = envs[i].step(action)
+                if not res.done:
+                    histories[i] += action + list(res.obs_ids)
+                    still.append(i)
+            running = still
+    return {"generated_tokens": generated, "wall_s": time.perf_counter() - t0}
+
+
+def bench_rollout(cfg: Config, questions: int = 4, group_size: int = 4, max_turns: int = 4) -> dict:
+    """Tokens per second of `rollout` on the generated world, against `model.generate` and the naive loop.
+
+    - tokens_per_s: model-generated tokens per second of wall time of our rollout;
+    - generate_tokens_per_s: plain `model.generate` on the same prompts (same batch size), sampling the mean
+      number of tokens our rows generated (the reference for raw decoding speed);
+    - overhead_ratio: share of our rollout's wall time spent inside model forward passes;
+    - naive_tokens_per_s, speedup_vs_naive: the re-encode-every-turn baseline (`naive_rollout`).
+    """
+    cfg = cfg.replace(dataset="generated", max_turns=max_turns)
+    model, tokenizer = load_policy(cfg)
+    task = build_task(cfg, tokenizer)
+    examples = task.train[:questions]
+    rows = len(examples) * group_size
+
+    set_seed(cfg.seed)  # warm-up: one-time kernel set-up must not count against anyone
+    rollout(model, tokenizer, examples[:1], task.make_env, cfg.replace(max_turns=1, max_tokens_per_turn=4), 2)
+
+    set_seed(cfg.seed)
+    stats: dict = {}
+    trajs = rollout(model, tokenizer, examples, task.make_env, cfg, group_size, stats=stats)
+    tokens_per_s = stats["generated_tokens"] / stats["wall_s"]
+
+    set_seed(cfg.seed)
+    new_tokens = max(1, round(stats["generated_tokens"] / rows))
+    prompts = [t.token_ids[: t.prompt_len] for t in trajs]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, next(model.parameters()).device)
+    with inference(model):
+        t0 = time.perf_counter()
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=0,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        generate_s = time.perf_counter() - t0
+
+    set_seed(cfg.seed)
+    naive = naive_rollout(model, tokenizer, examples, task.make_env, cfg, group_size)
+    naive_tokens_per_s = naive["generated_tokens"] / naive["wall_s"]
+    return {
+        "tokens_per_s": round(tokens_per_s, 2),
+        "generate_tokens_per_s": round(rows * new_tokens / generate_s, 2),
+        "overhead_ratio": round(stats["forward_s"] / stats["wall_s"], 3),
+        "naive_tokens_per_s": round(naive_tokens_per_s, 2),
+        "speedup_vs_naive": round(tokens_per_s / naive_tokens_per_s, 2),
+        "rows": rows,
+        "generated_tokens": stats["generated_tokens"],
+        "rollout_s": round(stats["wall_s"], 2),
+        "naive_s": round(naive["wall_s"], 2),
+        "naive_generated_tokens": naive["generated_tokens"],
+        "mean_turns": round(sum(len(t.turns) for t in trajs) / rows, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- the action parser
+
+
+def adversarial_outputs(n: int) -> dict[str, str]:
+    """Model outputs of about `n` characters, by name, each built to be slow for a backtracking parser."""
+    half = n // 2
+    return {
+        "fence_spaces": "<tool_call>```" + " " * n + "x</tool_call>",
+        "fence_json_spaces_unclosed": "<tool_call>```json" + " \n\t" * (n // 3),
+        "backticks": "<tool_call>" + "`" * n + "</tool_call>",
+        "backticks_spaces": "<tool_call>" + "` " * half + "</tool_call>",
+        "open_braces": "<tool_call>" + "{" * n + "</tool_call>",
+        "brace_pairs": "<tool_call>" + "{}" * half + "</tool_call>",
+        "quotes": '<tool_call>{"name": "' + '"' * n + "</tool_call>",
+        "escaped_quotes": '<tool_call>{"name": "' + '\\"' * half + '"}</tool_call>',
+        "nested_open_tags": "<tool_call>" * (n // 11),
+        "nested_tags": ("<tool_call>" * (n // 22)) + ("</tool_call>" * (n // 24)),
+        "answer_tags": "<answer>" * (n // 8),
+        "markup_answer": "<answer>" + "</a" * (n // 3) + "</answer>",
+        "whitespace": " \n\t" * (n // 3),
+    }
+
+
+def bench_parser(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), repeat: int = 3) -> dict:
+    """Worst seconds of `parse_action` over the adversarial outputs, per size (best of `repeat` runs each).
+
+    Returns {"sizes": [...], "worst_s": {size: seconds}, "worst_case": {size: name}, "per_case_s": {...}}.
+    """
+    worst, worst_case, per_case = {}, {}, {}
+    for n in sizes:
+        times = {}
+        for name, text in adversarial_outputs(n).items():
+            best = float("inf")
+            for _ in range(max(1, repeat)):
+                t0 = time.perf_counter()
+                parse_action(text)
+                best = min(best, time.perf_counter() - t0)
+            times[name] = round(best, 6)
+        per_case[n] = times
+        worst_case[n] = max(times, key=times.get)
+        worst[n] = times[worst_case[n]]
+    return {"sizes": list(sizes), "worst_s": worst, "worst_case": worst_case, "per_case_s": per_case}
