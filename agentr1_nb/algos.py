@@ -19,12 +19,24 @@ drops the last position.
 
 Masks (the paper's two ablation switches)
 -----------------------------------------
-- advantage mask (`cfg.advantage_mask`): returns / GAE run over the action tokens only, as if they were
-  consecutive timesteps (observation tokens are skipped; a reward on a skipped token counts for the action
-  step before it), and advantages are zero elsewhere. Off: the recursion runs over every response token, and
-  observation tokens get advantages too (they only matter for the loss when the loss mask is off as well).
-- loss mask (`cfg.loss_mask`): the policy-gradient term is aggregated over action tokens only. Off: over all
-  response tokens.
+- advantage mask (`advantage_mask`, from `Config.advantage_mask`): returns / GAE run over the action tokens
+  only, as if they were consecutive timesteps (observation tokens are skipped; a reward on a skipped token
+  counts for the action step before it), and advantages are zero elsewhere. Off: the recursion runs over
+  every response token, and observation tokens get advantages too (they only matter for the loss when the
+  loss mask is off as well).
+- loss mask (`loss_mask`, from `Config.loss_mask`): the policy-gradient term is aggregated over action tokens
+  only. Off: over all response tokens.
+
+Arguments, not the config
+-------------------------
+The functions here take the scalars they need, never the whole `Config`; each keyword carries the name of
+the `Config` field it comes from, so a caller writes, for instance::
+
+    adv, ret = compute_advantages(cfg.algo, rewards, action_mask, response_mask, group, values,
+                                  advantage_mask=cfg.advantage_mask, norm_adv_by_std=cfg.norm_adv_by_std,
+                                  gamma=cfg.gamma, lam=cfg.lam)
+
+The choices (`ALGOS`, `KL_ESTIMATORS`, `LOSS_AGGS`) are defined once in `config` and re-exported here.
 
 Departures from the paper (Agent-R1 on verl, full fine-tuning of Qwen2.5-3B)
 ---------------------------------------------------------------------------
@@ -61,21 +73,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import Config
-from .rewards import score_trajectory, token_rewards
-
-ALGOS = ("grpo", "rloo", "reinforce++", "reinforce++_baseline", "ppo")
-KL_ESTIMATORS = ("low_var_kl", "kl", "mse")
-LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+# the choices are defined once in config; importing them here also re-exports them (`algos.ALGOS`)
+from .config import ALGOS, KL_ESTIMATORS, LOSS_AGGS, Algo, KlEstimator, LossAgg
 
 
 # --------------------------------------------------------------------------------------------- the batch
-def batch_from_trajectories(trajs: Sequence[Any], pad_id: int, cfg: Config | None = None) -> dict:
+def batch_from_trajectories(trajs: Sequence[Any], pad_id: int) -> dict:
     """Collate trajectories into right-padded tensors in the layout described in the module docstring.
 
     Returns input_ids (B, T) long, attention_mask (B, T) long, action_mask (B, L) float, response_mask
-    (B, L) float, old_logprobs (B, L) float, group (B,) long; with `cfg` also token_rewards (B, L) and
-    scores (B,) (the trajectories are scored with `rewards.score_trajectory` first).
+    (B, L) float, old_logprobs (B, L) float, group (B,) long. Rewards are not part of it: the caller adds
+    `rewards.token_rewards(trajs, cfg, T)` (B, L), which is in the same layout.
     """
     if not trajs:
         raise ValueError("batch_from_trajectories needs at least one trajectory")
@@ -107,12 +115,6 @@ def batch_from_trajectories(trajs: Sequence[Any], pad_id: int, cfg: Config | Non
         "old_logprobs": logprobs[:, 1:] * action[:, 1:],  # (B, L)
         "group": torch.tensor([int(t.group) for t in trajs], dtype=torch.long),  # (B,)
     }
-    if cfg is not None:
-        for t in trajs:
-            score_trajectory(t, cfg)
-        rewards = token_rewards(trajs, cfg, T)  # (B, L), already in the log-prob layout
-        batch["token_rewards"] = rewards
-        batch["scores"] = rewards.sum(-1)  # (B,)
     return batch
 
 
@@ -133,34 +135,21 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
-def response_span(action_mask: torch.Tensor) -> torch.Tensor:
-    """Fallback response mask when none is given: from each row's first action token to its last, so the
-    observation tokens between turns are included. (B, L) -> (B, L)."""
-    a = (action_mask > 0).to(torch.int32)
-    from_first = torch.cummax(a, dim=-1).values
-    to_last = torch.cummax(a.flip(-1), dim=-1).values.flip(-1)
-    return (from_first * to_last).to(action_mask.dtype)
-
-
 def advantage_token_mask(
-    cfg: Config, action_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    action_mask: torch.Tensor, response_mask: torch.Tensor, advantage_mask: bool = True
 ) -> torch.Tensor:
-    """The steps the returns / GAE run over (and the value loss is taken on): action tokens with
-    cfg.advantage_mask (the paper), every response token without. (B, L) -> (B, L) float."""
-    if cfg.advantage_mask:
-        return action_mask.float()
-    return (response_mask if response_mask is not None else response_span(action_mask)).float()
+    """The steps the returns / GAE run over (and the value loss is taken on): action tokens with the
+    advantage mask (the paper), every response token without. (B, L), (B, L) -> (B, L) float."""
+    return (action_mask if advantage_mask else response_mask).float()
 
 
 def loss_token_mask(
-    cfg: Config, action_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    action_mask: torch.Tensor, response_mask: torch.Tensor, loss_mask: bool = True
 ) -> torch.Tensor:
-    """The tokens the policy-gradient term is aggregated over: action tokens with cfg.loss_mask (the paper),
+    """The tokens the policy-gradient term is aggregated over: action tokens with the loss mask (the paper),
     every response token without. The training loop weighs micro-batches with the same mask.
-    (B, L) -> (B, L) float."""
-    if cfg.loss_mask:
-        return action_mask.float()
-    return (response_mask if response_mask is not None else response_span(action_mask)).float()
+    (B, L), (B, L) -> (B, L) float."""
+    return (action_mask if loss_mask else response_mask).float()
 
 
 def _groups(group: torch.Tensor) -> list[torch.Tensor]:
@@ -283,33 +272,40 @@ def reinforce_pp_baseline_advantages(
 
 
 def compute_advantages(
-    cfg: Config,
+    algo: Algo,
     token_rewards: torch.Tensor,
     action_mask: torch.Tensor,
+    response_mask: torch.Tensor,
     group: torch.Tensor,
     values: torch.Tensor | None = None,
-    response_mask: torch.Tensor | None = None,
+    *,
+    advantage_mask: bool = True,
+    norm_adv_by_std: bool = True,
+    gamma: float = 1.0,
+    lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns for `cfg.algo`, masked per `cfg.advantage_mask`.
+    """Advantages and returns of estimator `algo` (one of `ALGOS`), over the steps `advantage_token_mask`
+    selects (action tokens with `advantage_mask`, every response token without).
 
-    token_rewards (B, L), action_mask (B, L), group (B,), values (B, L) (PPO only), response_mask (B, L)
-    (only read when the advantage mask is off; defaults to `response_span(action_mask)`)
+    token_rewards (B, L), action_mask (B, L), response_mask (B, L), group (B,), values (B, L) (PPO only)
     -> advantages (B, L), returns (B, L). Returns are the value targets for PPO; for the other estimators
     they are the quantity the advantage was built from (return-to-go, or the advantage itself).
+    `norm_adv_by_std` is read by GRPO only, `gamma` by REINFORCE++ and PPO, `lam` by PPO.
+    The trajectory score the outcome-level estimators use is token_rewards.sum(-1), the same number as
+    `rewards.trajectory_scores`.
     """
-    mask = advantage_token_mask(cfg, action_mask, response_mask)  # (B, L)
+    mask = advantage_token_mask(action_mask, response_mask, advantage_mask)  # (B, L)
     token_rewards = token_rewards.float()
     scores = token_rewards.sum(-1)  # (B,): outcome + process rewards of each trajectory
-    algo = cfg.algo
     if algo == "grpo":
-        adv = grpo_advantages(scores, group, cfg.norm_adv_by_std)[:, None] * mask
+        adv = grpo_advantages(scores, group, norm_adv_by_std)[:, None] * mask
         return adv, adv.clone()
     if algo == "rloo":
         adv = rloo_advantages(scores, group)[:, None] * mask
         return adv, adv.clone()
     if algo == "reinforce++":
-        returns = discounted_returns(token_rewards, mask, cfg.gamma)
-        return reinforce_pp_advantages(token_rewards, mask, cfg.gamma), returns
+        returns = discounted_returns(token_rewards, mask, gamma)
+        return reinforce_pp_advantages(token_rewards, mask, gamma), returns
     if algo == "reinforce++_baseline":
         adv = reinforce_pp_baseline_advantages(scores, group, mask)
         return adv, scores[:, None] * mask
@@ -320,14 +316,14 @@ def compute_advantages(
             raise ValueError(
                 f"values {tuple(values.shape)} must match token_rewards {tuple(token_rewards.shape)}"
             )
-        adv, returns = gae_advantages(token_rewards, values.float(), mask, cfg.gamma, cfg.lam)
+        adv, returns = gae_advantages(token_rewards, values.float(), mask, gamma, lam)
         adv = masked_whiten(adv.double(), mask.double()).float()
         return adv, returns
     raise ValueError(f"unknown algo {algo!r}; valid: {', '.join(ALGOS)}")
 
 
 # ------------------------------------------------------------------------------------------ the loss
-def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def aggregate(x: torch.Tensor, mask: torch.Tensor, how: LossAgg) -> torch.Tensor:
     """Reduce a (B, L) per-token loss to a scalar.
 
     token_mean: sum over all masked tokens / their count (long answers weigh more);
@@ -347,7 +343,7 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (per_seq * has).sum() / has.sum().clamp(min=1)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KlEstimator) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3).
 
     kl (k1): log r with log r = logp - ref_logp (unbiased, high variance, can be negative);
@@ -370,31 +366,39 @@ def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
-    cfg: Config,
+    action_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    loss_mask: bool = True,
+    loss_agg: LossAgg = "token_mean",
     ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KlEstimator = "low_var_kl",
     entropy: torch.Tensor | None = None,
-    response_mask: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate + KL to the reference - entropy bonus.
 
-    Key equations, per token t (epsilon = cfg.clip_eps, beta = cfg.kl_coef)::
+    Key equations, per token t (epsilon = clip_eps, beta = kl_coef)::
 
         ratio_t = exp(logp_t - old_logp_t)
         L_pg    = agg( max(-A_t ratio_t, -A_t clip(ratio_t, 1 - eps, 1 + eps)) )   over the loss mask
-        L       = L_pg + beta agg(KL_t)  - cfg.entropy_coef agg(H_t)                 KL, H over action tokens
+        L       = L_pg + beta agg(KL_t)  - entropy_coef agg(H_t)                     KL, H over action tokens
 
-    logp (B, L) carries the gradient; old_logp, advantages, ref_logp (B, L) are constants; mask is the
-    action mask (B, L) -- pass the action mask, not a loss mask: the switch is applied here (see
-    `loss_token_mask`, which the loop can use to weigh micro-batches). With cfg.loss_mask off, L_pg runs over `response_mask` (default: `response_span`).
+    logp (B, L) carries the gradient; old_logp, advantages, ref_logp (B, L) are constants; action_mask and
+    response_mask (B, L) are the batch's masks: the loss-mask switch is applied here (`loss_token_mask`,
+    which the loop also uses to weigh micro-batches), so L_pg runs over the action tokens with `loss_mask`
+    and over every response token without. `agg` is `aggregate(., ., loss_agg)`; the KL term is left out
+    when ref_logp is None or kl_coef == 0, the entropy bonus when entropy is None (entropy (B, L)).
     Returns (loss scalar, metrics: loss, pg_loss, kl, clip_frac, approx_kl, ratio_mean[, entropy]).
     clip_frac is the share of loss-mask tokens where the clipped term is the active one; approx_kl is the
     k3 estimate of KL(old || new) over the same tokens.
     """
     logp = logp.float()
-    action = mask.float()
-    loss_mask = loss_token_mask(cfg, action, response_mask)  # (B, L)
-    if not cfg.loss_mask:
+    action = action_mask.float()  # (B, L)
+    pg_mask = loss_token_mask(action, response_mask, loss_mask)  # (B, L)
+    if not loss_mask:
         # the rollout has no log-prob for tokens it did not sample: treat them as on-policy (ratio 1)
         old_logp = torch.where(action > 0, old_logp.float(), logp.detach())
     old_logp, advantages = old_logp.float().detach(), advantages.float().detach()
@@ -402,27 +406,27 @@ def policy_loss(
     log_ratio = (logp - old_logp).clamp(-20, 20)  # (B, L)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps)
-    pg_loss = aggregate(torch.maximum(unclipped, clipped), loss_mask, cfg.loss_agg)
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    pg_loss = aggregate(torch.maximum(unclipped, clipped), pg_mask, loss_agg)
     loss = pg_loss
 
     kl = torch.zeros((), dtype=logp.dtype)
-    if ref_logp is not None and cfg.kl_coef != 0:
-        kl = aggregate(kl_penalty(logp, ref_logp.float().detach(), cfg.kl_estimator), action, cfg.loss_agg)
-        loss = loss + cfg.kl_coef * kl
+    if ref_logp is not None and kl_coef != 0:
+        kl = aggregate(kl_penalty(logp, ref_logp.float().detach(), kl_estimator), action, loss_agg)
+        loss = loss + kl_coef * kl
 
     with torch.no_grad():
         metrics = {
             "pg_loss": pg_loss.item(),
             "kl": kl.item(),
-            "clip_frac": masked_mean((clipped > unclipped).float(), loss_mask).item(),
-            "approx_kl": masked_mean(ratio - 1 - log_ratio, loss_mask).item(),
-            "ratio_mean": masked_mean(ratio, loss_mask).item(),
+            "clip_frac": masked_mean((clipped > unclipped).float(), pg_mask).item(),
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, pg_mask).item(),
+            "ratio_mean": masked_mean(ratio, pg_mask).item(),
         }
     if entropy is not None:
-        ent = aggregate(entropy.float(), action, cfg.loss_agg)
-        if cfg.entropy_coef != 0:
-            loss = loss - cfg.entropy_coef * ent
+        ent = aggregate(entropy.float(), action, loss_agg)
+        if entropy_coef != 0:
+            loss = loss - entropy_coef * ent
         metrics["entropy"] = ent.item()
     metrics["loss"] = loss.item()
     return loss, metrics

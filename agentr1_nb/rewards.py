@@ -21,6 +21,8 @@ Where each reward sits in the token sequence
 `algos` (index j = token j+1 of `token_ids`, because a causal LM predicts token j+1 at position j): the
 outcome reward on the last action token of the trajectory, each process reward on the last action token of
 its turn (`traj.turn_ends[i]`, an index into token_ids, so it lands at column turn_ends[i] - 1).
+`trajectory_scores` is its row sum (B,): the score the outcome-level estimators broadcast, and the "reward"
+the trainer logs, so the logged number is the one the advantages see.
 
 Departures / decisions
 ----------------------
@@ -44,11 +46,11 @@ from typing import Any
 
 import torch
 
-from .config import Config
+# REWARD_TYPES is defined once in config; importing it here also re-exports it (`rewards.REWARD_TYPES`)
+from .config import REWARD_TYPES, Config
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-REWARD_TYPES = ("paper", "em", "f1")
 
 
 def normalize_answer(s: Any) -> str:
@@ -172,3 +174,13 @@ def token_rewards(trajs: Sequence[Any], cfg: Config, seq_len: int) -> torch.Tens
                 raise ValueError(f"trajectory {b}: reward position {pos} outside tokens 1..{n - 1}")
             out[b, pos - 1] += r
     return out
+
+
+def trajectory_scores(trajs: Sequence[Any], cfg: Config) -> torch.Tensor:
+    """Score of each trajectory: outcome reward + its step rewards (process rewards and format penalties, as
+    the env returned them). (B,) float32, equal to `token_rewards(trajs, cfg, T).sum(-1)` for any T >= the
+    longest trajectory, i.e. the score `algos.compute_advantages` reads. The trainer logs its mean as
+    "reward". An unscored trajectory is scored first, as in `token_rewards`.
+    """
+    T = max((len(t.token_ids) for t in trajs), default=1)
+    return token_rewards(trajs, cfg, T).sum(-1)  # (B,)

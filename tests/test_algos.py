@@ -11,6 +11,7 @@ import torch
 from agentr1_nb.algos import (
     ALGOS,
     ValueHead,
+    advantage_token_mask,
     aggregate,
     batch_from_trajectories,
     compute_advantages,
@@ -24,12 +25,12 @@ from agentr1_nb.algos import (
     policy_loss,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
-    response_span,
     rloo_advantages,
     value_loss,
     values_from_hidden,
 )
 from agentr1_nb.config import Config
+from agentr1_nb.rewards import token_rewards, trajectory_scores
 
 T_ = torch.tensor
 
@@ -62,7 +63,15 @@ def _traj(n_prompt, segments, group=0, answer="Paris", answer_ok=True, tool_ok=T
 def test_batch_layout_is_shifted_and_right_padded():
     a = _traj(3, [("a", 2), ("o", 2), ("a", 1)], group=0, process=[0.1, 0.0])  # 8 tokens
     b = _traj(2, [("a", 2)], group=1, answer="Lyon")  # 4 tokens
-    batch = batch_from_trajectories([a, b], pad_id=0, cfg=Config())
+    batch = batch_from_trajectories([a, b], pad_id=0)
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "action_mask",
+        "response_mask",
+        "old_logprobs",
+        "group",
+    }
     assert batch["input_ids"].shape == (2, 8) and batch["action_mask"].shape == (2, 7)
     assert batch["input_ids"][1, 4:].tolist() == [0] * 4
     assert batch["attention_mask"][1].tolist() == [1] * 4 + [0] * 4
@@ -72,11 +81,13 @@ def test_batch_layout_is_shifted_and_right_padded():
     assert batch["response_mask"][1].tolist() == [0, 1, 1, 0, 0, 0, 0]
     assert batch["old_logprobs"][0].tolist() == [0, 0, -0.5, -0.5, 0, 0, -0.5]
     assert batch["group"].tolist() == [0, 1]
-    # outcome 1 at the last action token 7 -> column 6; process 0.1 at token 4 -> column 3
-    assert batch["token_rewards"][0].tolist() == pytest.approx([0, 0, 0, 0.1, 0, 0, 1.0])
-    assert batch["token_rewards"][1].tolist() == pytest.approx([0, 0, 0, 0, 0, 0, 0])  # wrong answer: 0
-    assert batch["scores"].tolist() == pytest.approx([1.1, 0.0])
-    assert "token_rewards" not in batch_from_trajectories([a], pad_id=0)  # without cfg: no rewards
+    # the rewards, placed by rewards.token_rewards, share the layout: outcome 1 at the last action token 7
+    # -> column 6; process 0.1 at token 4 -> column 3
+    rewards = token_rewards([a, b], Config(), batch["input_ids"].shape[1])
+    assert rewards.shape == batch["action_mask"].shape
+    assert rewards[0].tolist() == pytest.approx([0, 0, 0, 0.1, 0, 0, 1.0])
+    assert rewards[1].tolist() == pytest.approx([0, 0, 0, 0, 0, 0, 0])  # wrong answer: 0
+    assert rewards.sum(-1).tolist() == pytest.approx([1.1, 0.0])
 
 
 def test_batch_rejects_bad_input():
@@ -88,9 +99,13 @@ def test_batch_rejects_bad_input():
         batch_from_trajectories([bad], 0)
 
 
-def test_response_span():
-    am = T_([[0, 1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0]])
-    assert response_span(am).tolist() == [[0, 1, 1, 1, 1, 1, 0], [0] * 7]
+def test_mask_switches():
+    action = T_([[0, 1, 1, 0, 0, 1, 0]])
+    response = T_([[0, 1, 1, 1, 1, 1, 1]])
+    for fn in (advantage_token_mask, loss_token_mask):
+        assert fn(action, response).tolist() == [[0.0, 1, 1, 0, 0, 1, 0]]  # on by default (the paper)
+        assert fn(action, response, True).dtype == torch.float32
+        assert fn(action, response, False).tolist() == [[0.0, 1, 1, 1, 1, 1, 1]]
 
 
 # ------------------------------------------------------------------------- outcome estimators
@@ -149,6 +164,29 @@ def test_reinforce_pp_baseline_hand_computed():
     assert adv[:, 0].tolist() == pytest.approx([1.322876, -1.322876, 0.0, 0.0], abs=1e-5)
 
 
+def test_logged_reward_is_the_score_the_advantages_see():
+    # process rewards off and a format penalty: the env's step rewards then hold only the penalty of the
+    # malformed second turn of trajectory 0. The trainer logs the mean of `trajectory_scores`; it must be the
+    # score GRPO reads from the token rewards (the old log, outcome + process rewards only when
+    # use_process_reward, dropped the penalty)
+    cfg = Config(use_process_reward=False, format_penalty=-0.1)
+    trajs = [
+        _traj(3, [("a", 2), ("o", 2), ("a", 1)], process=[0.0, -0.1]),  # right, one malformed call
+        _traj(2, [("a", 2)], answer="Lyon"),  # wrong
+        _traj(2, [("a", 3)]),  # right
+    ]
+    batch = batch_from_trajectories(trajs, pad_id=0)
+    rewards = token_rewards(trajs, cfg, batch["input_ids"].shape[1])  # (B, L)
+    scores = trajectory_scores(trajs, cfg)  # (B,)
+    assert scores.tolist() == pytest.approx([0.9, 0.0, 1.0])
+    assert torch.equal(scores, rewards.sum(-1))
+    old_log = [t.reward + (sum(t.process_rewards) if cfg.use_process_reward else 0.0) for t in trajs]
+    assert sum(old_log) / 3 != pytest.approx(scores.mean().item())
+    adv, _ = compute_advantages("grpo", rewards, batch["action_mask"], batch["response_mask"], batch["group"])
+    expected = grpo_advantages(scores, batch["group"])[:, None] * batch["action_mask"]
+    torch.testing.assert_close(adv, expected, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- GAE / PPO
 def test_gae_three_step_toy():
     # delta2 = 1 - 0.7 = 0.3;           A2 = 0.3
@@ -171,14 +209,13 @@ def test_gae_skips_observation_tokens_with_advantage_mask():
 
 
 def test_ppo_needs_values():
+    z, ones = torch.zeros(1, 3), torch.ones(1, 3)
     with pytest.raises(ValueError, match="values"):
-        compute_advantages(Config(algo="ppo"), torch.zeros(1, 3), torch.ones(1, 3), T_([0]))
+        compute_advantages("ppo", z, ones, ones, T_([0]))
     with pytest.raises(ValueError, match="match"):
-        compute_advantages(
-            Config(algo="ppo"), torch.zeros(1, 3), torch.ones(1, 3), T_([0]), torch.zeros(1, 2)
-        )
+        compute_advantages("ppo", z, ones, ones, T_([0]), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="unknown algo"):
-        compute_advantages(Config(algo="dpo"), torch.zeros(1, 3), torch.ones(1, 3), T_([0]))
+        compute_advantages("dpo", z, ones, ones, T_([0]))
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -196,7 +233,7 @@ def _toy_batch():
 @pytest.mark.parametrize("algo", ALGOS)
 def test_advantages_zero_off_action_tokens(algo):
     rewards, action, response, group, values = _toy_batch()
-    adv, ret = compute_advantages(Config(algo=algo, gamma=0.9), rewards, action, group, values, response)
+    adv, ret = compute_advantages(algo, rewards, action, response, group, values, gamma=0.9)
     assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
     assert (adv[action == 0] == 0).all()
     assert (adv[action == 1] != 0).any()
@@ -205,8 +242,9 @@ def test_advantages_zero_off_action_tokens(algo):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_without_advantage_mask_observations_get_advantages(algo):
     rewards, action, response, group, values = _toy_batch()
-    cfg = Config(algo=algo, advantage_mask=False, gamma=0.9)
-    adv, _ = compute_advantages(cfg, rewards, action, group, values, response)
+    adv, _ = compute_advantages(
+        algo, rewards, action, response, group, values, advantage_mask=False, gamma=0.9
+    )
     obs = (response == 1) & (action == 0)
     assert (adv[obs] != 0).any()
     assert (adv[response == 0] == 0).all()  # prompt and padding stay zero
@@ -214,7 +252,7 @@ def test_without_advantage_mask_observations_get_advantages(algo):
 
 def test_grpo_broadcasts_outcome_plus_process_score():
     rewards, action, response, group, _ = _toy_batch()
-    adv, _ = compute_advantages(Config(algo="grpo"), rewards, action, group, None, response)
+    adv, _ = compute_advantages("grpo", rewards, action, response, group)
     # group 0 scores [1.1, 0.0]: +-0.55 / std([1.1, 0]) = +-0.55 / 0.777817 = +-0.707107
     assert adv[0, 1].item() == pytest.approx(0.707107, abs=1e-5) and adv[0, 6].item() == adv[0, 1].item()
     assert adv[1, 6].item() == pytest.approx(-0.707107, abs=1e-5)
@@ -225,7 +263,7 @@ def test_zero_variance_is_finite(algo):
     _, action, response, _, values = _toy_batch()
     rewards = torch.zeros(4, 8)
     rewards[:, 6] = -1.0  # every trajectory scores the same
-    adv, ret = compute_advantages(Config(algo=algo), rewards, action, T_([0, 0, 1, 1]), values, response)
+    adv, ret = compute_advantages(algo, rewards, action, response, T_([0, 0, 1, 1]), values)
     assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
     if algo != "ppo":  # PPO's TD errors still differ through the values
         assert adv.abs().max().item() < 1e-6
@@ -252,7 +290,8 @@ def test_clip_fraction_and_pg_loss_by_hand():
     ratio = T_([[1.5, 0.5, 1.1, 0.7]])
     adv = T_([[1.0, 1.0, -1.0, -1.0]])
     # per token max(-A r, -A clip(r)): 1.5 -> -1.2 (clipped), 0.5 -> -0.5, 1.1 -> 1.1, 0.7 -> 0.8 (clipped)
-    loss, m = policy_loss(ratio.log(), torch.zeros(1, 4), adv, torch.ones(1, 4), Config(clip_eps=0.2))
+    ones = torch.ones(1, 4)
+    loss, m = policy_loss(ratio.log(), torch.zeros(1, 4), adv, ones, ones, clip_eps=0.2)
     assert m["clip_frac"] == pytest.approx(0.5)
     assert m["pg_loss"] == pytest.approx((-1.2 - 0.5 + 1.1 + 0.8) / 4)
     assert loss.item() == pytest.approx(m["pg_loss"])
@@ -278,9 +317,15 @@ def test_kl_only_on_action_tokens_even_without_loss_mask():
     ref = T_([[-1.0, -1.0, -5.0, -5.0]])  # differs only on the observation tokens 2, 3
     action = T_([[1.0, 1.0, 0.0, 0.0]])
     for loss_mask in (True, False):
-        cfg = Config(kl_coef=0.5, loss_mask=loss_mask)
         _, m = policy_loss(
-            logp, logp, torch.zeros(1, 4), action, cfg, ref_logp=ref, response_mask=torch.ones(1, 4)
+            logp,
+            logp,
+            torch.zeros(1, 4),
+            action,
+            torch.ones(1, 4),
+            loss_mask=loss_mask,
+            ref_logp=ref,
+            kl_coef=0.5,
         )
         assert m["kl"] == 0.0
 
@@ -291,12 +336,11 @@ def test_loss_mask_switch_decides_which_tokens_get_gradient():
     adv = torch.ones(1, 4)  # observation tokens carry advantages (advantage mask off)
     for loss_mask, expect_obs_grad in ((True, False), (False, True)):
         logp.grad = None
-        cfg = Config(loss_mask=loss_mask)
-        loss, _ = policy_loss(logp, torch.zeros(1, 4), adv, action, cfg, response_mask=torch.ones(1, 4))
+        loss, _ = policy_loss(logp, torch.zeros(1, 4), adv, action, torch.ones(1, 4), loss_mask=loss_mask)
         loss.backward()
         assert (logp.grad[0, :2] != 0).all()
         assert bool((logp.grad[0, 2:] != 0).any()) == expect_obs_grad
-    assert loss_token_mask(Config(loss_mask=False), action, torch.ones(1, 4)).tolist() == [[1.0] * 4]
+    assert loss_token_mask(action, torch.ones(1, 4), loss_mask=False).tolist() == [[1.0] * 4]
 
 
 def test_loss_falls_on_a_fixed_batch():
@@ -313,13 +357,23 @@ def test_loss_falls_on_a_fixed_batch():
 
     old = logp_of(logits).detach()
     ref = old.clone()
-    cfg = Config(kl_coef=0.01, clip_eps=0.2, entropy_coef=0.001)
     opt = torch.optim.Adam([logits], lr=0.05)
     losses = []
     for _ in range(15):
         logp = logp_of(logits)
         entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
-        loss, metrics = policy_loss(logp, old, adv, mask, cfg, ref_logp=ref, entropy=entropy)
+        loss, metrics = policy_loss(
+            logp,
+            old,
+            adv,
+            mask,
+            mask,
+            clip_eps=0.2,
+            ref_logp=ref,
+            kl_coef=0.01,
+            entropy=entropy,
+            entropy_coef=0.001,
+        )
         assert is_finite_loss(loss) and {"entropy", "approx_kl", "kl"} <= set(metrics)
         opt.zero_grad()
         loss.backward()
@@ -368,23 +422,29 @@ def test_batch_layout_matches_token_logprobs_and_a_grpo_step_moves_the_policy(ti
         with torch.no_grad():
             lp = token_logprobs(tiny_model, torch.tensor([t.token_ids]))[0]  # (T-1,): column j = token j+1
         t.logprobs = [0.0] + [float(x) * m for x, m in zip(lp, t.action_mask[1:])]
-    cfg = Config(lr=1e-2)
-    batch = batch_from_trajectories(trajs, pad_id=tokenizer.pad_token_id, cfg=cfg)
+    batch = batch_from_trajectories(trajs, pad_id=tokenizer.pad_token_id)
     ids, am, act = batch["input_ids"], batch["attention_mask"], batch["action_mask"]
+    rewards = token_rewards(trajs, Config(), ids.shape[1])  # (B, T-1)
     with torch.no_grad():
         fresh = token_logprobs(tiny_model, ids, am)  # (B, T-1)
     torch.testing.assert_close(fresh * act, batch["old_logprobs"], atol=1e-5, rtol=1e-5)
 
-    adv, _ = compute_advantages(
-        cfg, batch["token_rewards"], act, batch["group"], None, batch["response_mask"]
-    )
+    adv, _ = compute_advantages("grpo", rewards, act, batch["response_mask"], batch["group"])
     assert adv[0][act[0] > 0].gt(0).all() and adv[1][act[1] > 0].lt(0).all()
     params = [p for p in tiny_model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam(params, lr=1e-2)
     tiny_model.train()
     for _ in range(3):
         logp = token_logprobs(tiny_model, ids, am)
-        loss, _ = policy_loss(logp, batch["old_logprobs"], adv, act, cfg, ref_logp=batch["old_logprobs"])
+        loss, _ = policy_loss(
+            logp,
+            batch["old_logprobs"],
+            adv,
+            act,
+            batch["response_mask"],
+            ref_logp=batch["old_logprobs"],
+            kl_coef=0.001,
+        )
         assert is_finite_loss(loss)
         opt.zero_grad()
         loss.backward()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from agentr1_nb.config import Config
 from agentr1_nb.rewards import (
@@ -15,6 +16,7 @@ from agentr1_nb.rewards import (
     outcome_reward,
     score_trajectory,
     token_rewards,
+    trajectory_scores,
 )
 
 
@@ -83,8 +85,10 @@ def test_reward_types_em_f1_and_unknown():
     em, f1 = Config(reward_type="em"), Config(reward_type="f1")
     assert outcome_reward("Paris", ["Paris"], False, False, em) == 1.0  # not gated on format
     assert outcome_reward("Paris France", ["Paris"], True, True, f1) == pytest.approx(2 / 3)
+    bad = Config()
+    bad.reward_type = "bleu"  # past the Config's own check, which rejects it when built
     with pytest.raises(ValueError, match="reward_type"):
-        outcome_reward("x", ["x"], True, True, Config(reward_type="bleu"))
+        outcome_reward("x", ["x"], True, True, bad)
 
 
 def _traj(answer="Paris", answer_ok=True, tool_ok=True, n=10, process=(0.1, 0.0)):
@@ -149,3 +153,21 @@ def test_token_rewards_without_actions_uses_last_token():
     t.action_mask = [0] * 10
     t.turn_ends, t.process_rewards = [], []
     assert token_rewards([t], Config(), 10)[0, 8].item() == 1.0  # token 9 -> column 8
+
+
+def test_trajectory_scores_is_the_row_sum_of_token_rewards():
+    # process rewards off, format penalty on: the env's step rewards then carry only the penalties
+    # (-0.2 for a malformed first turn here), and they count in the score as in the token rewards
+    cfg = Config(use_process_reward=False, format_penalty=-0.2)
+    trajs = [
+        _traj(process=(-0.2, 0.0)),
+        _traj(answer="Lyon", process=(0.0, 0.0)),
+        _traj(answer_ok=False, n=9, process=(0.0, -0.2)),
+    ]
+    scores = trajectory_scores(trajs, cfg)  # scores the unscored trajectories, as token_rewards does
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert scores.tolist() == pytest.approx([1.0 - 0.2, 0.0, -0.5 - 0.2])
+    assert torch.equal(scores, token_rewards(trajs, cfg, 10).sum(-1))
+    for T in (11, 64):  # any padded length >= the longest trajectory
+        torch.testing.assert_close(scores, token_rewards(trajs, cfg, T).sum(-1))
+    assert trajectory_scores([], cfg).shape == (0,)
