@@ -10,8 +10,7 @@ import argparse
 import json
 import sys
 
-from .config import PRESETS, get_config
-from .env import PROMPT_STYLES
+from .config import DATASETS, METHODS, PRESETS, PROMPT_STYLES, RETRIEVERS, get_config
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -42,22 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("bench", help="benchmarks that print measured numbers")
-    p.add_argument("what", choices=["logprobs", "rollout"])
+    p.add_argument("what", choices=["logprobs", "rollout", "parser"])
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
 
     p = sub.add_parser("retrieval", help="recall@k of a retriever on a dataset")
-    p.add_argument("--dataset", required=True, help="hotpotqa, 2wiki, musique or generated")
+    p.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     p.add_argument("--data-path", default="", help="question file (empty: generated world)")
     p.add_argument("--corpus", default="", help="passage file; default: union of the questions' passages")
-    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--retriever", choices=RETRIEVERS, default="bm25")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
 
     p = sub.add_parser("train", help="train with RL (any preset; resumes from --out if a checkpoint exists)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over, deleting --out's metrics and checkpoints"
+    )
+    p.add_argument("--json", action="store_true", help="print the last step's metrics as one JSON line")
     _add_config_args(p)
 
     p = sub.add_parser("demo", help="the main job: GRPO on the generated world on a CPU, before/after EM")
@@ -66,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("eval", help="evaluate a method on a dataset")
-    p.add_argument("--method", choices=["naive_rag", "tool_call", "agent"], required=True)
+    p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--adapter", default="", help="LoRA adapter folder for --method agent")
-    p.add_argument("--dataset", required=True, help="hotpotqa, 2wiki, musique or generated")
+    p.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     p.add_argument("--data-path", default="")
     p.add_argument("--corpus", default="")
     p.add_argument("--limit", type=int, default=0, help="first N questions (0 = all)")
@@ -82,25 +84,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
+
+    p = sub.add_parser(
+        "compare",
+        help="the algorithm comparison of notebook 06: every variant x seed, the baselines, a results table",
+    )
+    p.add_argument("--out", default="runs/comparison", help="folder of the runs and results.json")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2)")
+    p.add_argument(
+        "--variants", nargs="*", default=None, help="variant names to run (default all; none: baselines only)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the preset's)")
+    p.add_argument("--eval-n", type=int, default=None, help="questions per evaluation (default: preset's)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
+    p.add_argument("--fresh", action="store_true", help="redo finished runs instead of reading them back")
+    p.add_argument("--fast", action="store_true", help="a smoke run in minutes on a CPU (not results)")
+    p.add_argument("--json", action="store_true", help="print the result rows as one JSON line")
+    _add_config_args(p)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Bad input (unknown field, missing file, malformed data, offline hub) prints one
-    `error: ...` line and exits with status 2 instead of a traceback."""
+    """Run one command. Bad input (unknown field or value, missing or unreadable file, malformed data,
+    offline hub, a run folder in use) prints one `error: ...` line and exits with status 2 instead of a
+    traceback; Ctrl-C exits with 130 (after `train` has saved what it can)."""
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = get_config(args.preset, args.overrides)
+    # The stage modules are imported per command, on purpose: `--help` and a bad argument answer in a
+    # fraction of a second instead of after torch and transformers have loaded.
+    cfg = get_config(args.preset, args.overrides)  # every field checked here, before any model loads
 
     if args.command == "info":
-        from .policy import info
+        from .bench import info
 
         _print(info(cfg), args.json)
     elif args.command == "prepare":
@@ -108,14 +133,14 @@ def _run(args: argparse.Namespace) -> int:
 
         print(cpu_default_model_dir(cfg.cache_dir))
     elif args.command == "bench":
+        from . import bench
+
         if args.what == "logprobs":
-            from .policy import bench_logprobs
-
-            _print(bench_logprobs(), args.json)
+            _print(bench.bench_logprobs(), args.json)
+        elif args.what == "rollout":
+            _print(bench.bench_rollout(cfg), args.json)
         else:
-            from .rollout import bench_rollout
-
-            _print(bench_rollout(cfg), args.json)
+            _print(bench.bench_parser(), args.json)
     elif args.command == "retrieval":
         from .retrieval import measure_recall
 
@@ -124,13 +149,35 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from .train import train
 
-        train(cfg, args.out, resume=not args.no_resume)
+        history = train(cfg, args.out, resume=not args.no_resume)
+        if args.json and history and _is_main_process():
+            _print(history[-1], True)
+        if history.interrupted:
+            return 130
     elif args.command == "demo":
-        from .train import demo
+        from .runs import demo
 
         _print(demo(cfg, args.out), args.json)
+    elif args.command == "compare":
+        from .compare import compare, markdown_table
+
+        res = compare(
+            cfg,
+            args.out,
+            seeds=args.seeds,
+            variants=args.variants,
+            eval_n=args.eval_n,
+            steps=args.steps,
+            baselines=not args.no_baselines,
+            fast=args.fast,
+            fresh=args.fresh,
+        )
+        if args.json:
+            print(json.dumps({"rows": res["rows"], "minutes": res["minutes"]}), flush=True)
+        else:
+            print(markdown_table(res["rows"]))
     elif args.command == "eval":
-        from .evaluate import run_eval
+        from .runs import run_eval
 
         cfg = cfg.replace(dataset=args.dataset, data_path=args.data_path, corpus_path=args.corpus)
         result = run_eval(
@@ -143,6 +190,13 @@ def _run(args: argparse.Namespace) -> int:
         )
         _print(result, args.json)
     return 0
+
+
+def _is_main_process() -> bool:
+    """Under `accelerate launch`, only rank 0 prints the JSON line."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Evaluation: roll out a policy greedily over questions, score EM / F1, and bootstrap confidence intervals.
+"""Evaluation: roll out a policy greedily over questions, score EM / F1, and bootstrap confidence intervals;
+the held-out questions of a dataset and how well its corpus covers them.
 
-`run_eval(cfg, method, ...)` is `python -m agentr1_nb eval`: it loads the held-out questions of
-`cfg.dataset`, the corpus, the retriever and the policy, runs one method, writes per-question JSON lines and
-returns the summary. The methods (see `baselines` for what exactly differs between them):
+`runs.run_eval(cfg, method, ...)` (`python -m agentr1_nb eval`) puts these together for one of the methods
+(see `baselines` for what exactly differs between them):
 
 - "naive_rag": retrieve top-k with the question once, answer in one greedy generation;
 - "tool_call": the untrained policy (adapter disabled) in the agent's multi-turn `ToolEnv`, zero-shot;
@@ -16,20 +16,18 @@ and greedy decoding; the two multi-turn methods also share `max_turns` and the e
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .config import Config
-from .env import ToolEnv, check_prompt_style
+from .config import DATASETS, Config
 from .rewards import normalize_answer, score_trajectory
+from .rollout import rollout
+from .world import load_corpus, load_examples
 
-METHODS = ("naive_rag", "tool_call", "agent")
 SUMMARY_KEYS = (
     "dataset",
     "method",
@@ -46,8 +44,6 @@ SUMMARY_KEYS = (
 """The keys `run_eval` returns (and `eval --json` prints), in this order; extras go to the summary file."""
 COVERAGE_WARN = 0.1
 """Warn when more than this share of the questions is not covered by the corpus (titles or answers)."""
-POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_modules", "prompt_style")
-"""Fields taken from a training run's config.json found beside the adapter: they define the trained policy."""
 
 
 class CoverageWarning(UserWarning):
@@ -80,6 +76,7 @@ def trajectory_record(traj) -> dict:
     return {
         "id": traj.example.id,
         "question": traj.example.question,
+        "kind": getattr(traj.example, "kind", None) or None,
         "gold": traj.example.answers,
         "prediction": traj.answer,
         "em": traj.em,
@@ -130,26 +127,39 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
         "mean_searches": float(np.mean([r["searches"] for r in records])) if n else float("nan"),
         "recall_any": _recall(records)[0],
         "recall_all": _recall(records)[1],
+        "em_by_kind": em_by_kind(records),
     }
 
 
+def em_by_kind(records: list[dict]) -> dict[str, float]:
+    """Mean EM per question kind (single / bridge / comparison / 3hop ...), for the records that have one."""
+    kinds: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("kind"):
+            kinds.setdefault(r["kind"], []).append(r["em"])
+    return {k: float(np.mean(v)) for k, v in sorted(kinds.items())}
+
+
 @torch.no_grad()
-def evaluate_agent(model, tokenizer, examples, make_env, cfg: Config, out_file: str | Path | None = None):
-    """Greedy multi-turn rollouts over `examples` in batches of `cfg.eval_batch_size`.
+def evaluate_agent(
+    model, tokenizer, examples, make_env, cfg: Config, out_file: str | Path | None = None, desc: str = "eval"
+):
+    """Greedy multi-turn rollouts over `examples` in batches of `cfg.eval_batch_size` (a tqdm bar `desc`).
 
     Returns `(summary, records)`; with `out_file`, records are also written as JSON lines.
     """
-    from .rollout import rollout
-
     was_training = model.training
     model.eval()
     records = []
+    bar = tqdm(total=len(examples), desc=desc, unit="q", dynamic_ncols=True)
     for i in range(0, len(examples), cfg.eval_batch_size):
         batch = examples[i : i + cfg.eval_batch_size]
         trajs = rollout(model, tokenizer, batch, make_env, cfg, group_size=1, greedy=True)
         for t in trajs:
             score_trajectory(t, cfg)
             records.append(trajectory_record(t))
+        bar.update(len(batch))
+    bar.close()
     if was_training:
         model.train()
     if out_file is not None:
@@ -160,7 +170,7 @@ def evaluate_agent(model, tokenizer, examples, make_env, cfg: Config, out_file: 
     return summarize(records, seed=cfg.seed), records
 
 
-# ----------------------------------------------------------------------------- the eval command
+# ----------------------------------------------------------------------------- the questions of a dataset
 
 
 def _need_file(path: str, what: str) -> None:
@@ -177,8 +187,6 @@ def load_eval_questions(cfg: Config, limit: int = 0) -> tuple[list, list]:
     *all* the file's question passages, as in the distractor setting), built before `limit` cuts the
     questions so that a quick run searches the same corpus as a full one.
     """
-    from .data import DATASETS, load_corpus, load_examples
-
     if cfg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
     if cfg.dataset == "generated" and cfg.data_path:
@@ -256,144 +264,3 @@ def check_coverage(examples: list, passages: list) -> dict:
             stacklevel=2,
         )
     return cov
-
-
-def resolve_adapter(adapter: str | Path) -> Path:
-    """The LoRA folder: `adapter` itself, or `adapter/adapter`, or `adapter/checkpoint/adapter` (a run dir)."""
-    root = Path(adapter)
-    for cand in (root, root / "adapter", root / "checkpoint" / "adapter"):
-        if (cand / "adapter_config.json").is_file():
-            return cand
-    if not root.exists():
-        raise FileNotFoundError(f"adapter folder {root} not found")
-    raise FileNotFoundError(
-        f"{root} holds no LoRA adapter (no adapter_config.json in it, in {root / 'adapter'} or in "
-        f"{root / 'checkpoint' / 'adapter'}); pass the folder written by model.save_pretrained or a train --out dir"
-    )
-
-
-def training_config(adapter_dir: Path) -> dict | None:
-    """The config.json of the training run an adapter comes from (train writes OUT/config.json and
-    OUT/checkpoint/adapter), looked up in the adapter folder and its two parents; None when absent."""
-    for folder in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
-        path = folder / "config.json"
-        if path.is_file():
-            try:
-                cfg = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(cfg, dict) and "prompt_style" in cfg:  # a Config, not a model's config.json
-                return cfg
-    return None
-
-
-def agent_config(cfg: Config, adapter_dir: Path) -> Config:
-    """`cfg` with the policy fields (`POLICY_FIELDS`) of the run that trained the adapter, when known: the
-    adapter only fits its base model, and the agent is evaluated with the prompt it was trained with."""
-    trained = training_config(adapter_dir)
-    if trained is None:
-        return cfg
-    changes = {k: trained[k] for k in POLICY_FIELDS if k in trained and trained[k] != getattr(cfg, k)}
-    if changes:
-        print(f"eval: using the training run's {changes} for the adapter {adapter_dir}", file=sys.stderr)
-    return cfg.replace(**changes)
-
-
-def run_eval(
-    cfg: Config,
-    method: str,
-    adapter: str | Path | None = None,
-    limit: int = 0,
-    out_dir: str | Path | None = None,
-    prompt_style: str | None = None,
-) -> dict:
-    """Evaluate `method` on the held-out questions of `cfg.dataset` (greedy, batched).
-
-    `prompt_style` ("zero_shot" or "few_shot") sets a baseline's prompt; None keeps the defaults: Naive RAG
-    follows `cfg.prompt_style`, Base Tool Call is zero-shot (the paper's). An agent always uses the prompt
-    its adapter was trained with, so it is an error there.
-
-    Writes one JSON line per question to `out_dir/<dataset>_<method>.jsonl` (default `runs/eval`) and the
-    summary with extras (recall_all, corpus coverage, stop reasons, timing, config) to
-    `<dataset>_<method>.summary.json`; returns the summary restricted to `SUMMARY_KEYS` (`recall_any` is None
-    when no question names its supporting passages).
-    """
-    from .policy import load_policy
-    from .retrieval import build_retriever
-    from .tools import make_tools
-
-    t0 = time.time()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if prompt_style is not None:
-        check_prompt_style(prompt_style)  # before minutes of loading
-    adapter_dir = None
-    if method == "agent" and prompt_style is not None:
-        raise ValueError(
-            "--prompt-style applies to the baselines; an agent uses the prompt its adapter was trained with"
-        )
-    if method == "naive_rag" and prompt_style is not None:
-        cfg = cfg.replace(prompt_style=prompt_style)
-    if method == "agent":
-        if not adapter:
-            raise ValueError(
-                "--method agent needs --adapter DIR (a trained LoRA adapter, e.g. a train --out folder); "
-                "for the untrained policy use --method tool_call"
-            )
-        adapter_dir = resolve_adapter(adapter)
-        cfg = agent_config(cfg, adapter_dir)
-    elif adapter:
-        warnings.warn(
-            f"--adapter is ignored by --method {method} (it evaluates the base model)", stacklevel=2
-        )
-
-    examples, passages = load_eval_questions(cfg, limit)
-    coverage = check_coverage(examples, passages)
-    retriever = build_retriever(cfg, passages)
-    model, tok = load_policy(cfg, adapter=adapter_dir)
-
-    if method == "naive_rag":
-        from .baselines import naive_rag
-
-        records = naive_rag(model, tok, examples, retriever, cfg)
-    elif method == "tool_call":
-        from .baselines import tool_call
-
-        records = tool_call(
-            model, tok, examples, make_tools(cfg, retriever), cfg, prompt_style=prompt_style or "zero_shot"
-        )
-    else:
-        tools = make_tools(cfg, retriever)
-        _, records = evaluate_agent(model, tok, examples, lambda: ToolEnv(tools, tok, cfg), cfg)
-
-    full = summarize(records, seed=cfg.seed)
-    result = {"dataset": cfg.dataset, "method": method, **full}
-    # NaN (recall without known supporting titles) is not JSON: it becomes null
-    result = {
-        k: None if isinstance(result[k], float) and math.isnan(result[k]) else result[k] for k in SUMMARY_KEYS
-    }
-    out = Path(out_dir or "runs/eval")
-    out.mkdir(parents=True, exist_ok=True)
-    used_style = (prompt_style or "zero_shot") if method == "tool_call" else cfg.prompt_style
-    stem = f"{cfg.dataset}_{method}" + ("_few_shot" if prompt_style == "few_shot" else "")
-    with open(out / f"{stem}.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    stops: dict[str, int] = {}
-    for r in records:
-        stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
-    extras = {
-        "recall_all": full["recall_all"],
-        "stop_reasons": stops,
-        "coverage": coverage,
-        "prompt_style": used_style,
-        "adapter": None if adapter_dir is None else str(adapter_dir),
-        "data_path": cfg.data_path,
-        "corpus_path": cfg.corpus_path,
-        "limit": limit,
-        "seconds": round(time.time() - t0, 1),
-        "records": str(out / f"{stem}.jsonl"),
-        "config": cfg.to_dict(),
-    }
-    (out / f"{stem}.summary.json").write_text(json.dumps({**result, **extras}, indent=2))
-    return result

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from agentr1_nb import policy
+from agentr1_nb import runs
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample, make_passage
 from agentr1_nb.evaluate import (
@@ -17,10 +17,11 @@ from agentr1_nb.evaluate import (
     CoverageWarning,
     bootstrap_ci,
     check_coverage,
+    em_by_kind,
     load_eval_questions,
-    run_eval,
     summarize,
 )
+from agentr1_nb.runs import run_eval
 
 # ----------------------------------------------------------------------------- bootstrap and summaries
 
@@ -104,6 +105,25 @@ def test_question_only_file_with_a_corpus_lacking_the_answers_warns():
     assert "recall_any cannot be measured" in text
 
 
+def test_em_by_kind_pools_records_of_each_kind():
+    recs = [
+        {"kind": "bridge", "em": 1.0},
+        {"kind": "bridge", "em": 0.0},
+        {"kind": "single", "em": 1.0},
+        {"em": 1.0},
+    ]
+    assert em_by_kind(recs) == {"bridge": 0.5, "single": 1.0}
+
+
+def test_run_eval_refuses_an_unwritable_out_before_working(tiny_policy, tmp_path):
+    """--out that is a file is a clear error before any evaluation runs (no results lost at the end)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run_eval(Config(dataset="generated", **FAST), "naive_rag", limit=1, out_dir=blocker)
+    assert tiny_policy == []
+
+
 # ----------------------------------------------------------------------------- run_eval
 
 
@@ -116,7 +136,7 @@ def tiny_policy(tiny_model, tokenizer, monkeypatch):
         calls.append({"adapter": adapter, "cfg": cfg})
         return tiny_model, tokenizer
 
-    monkeypatch.setattr(policy, "load_policy", fake_load_policy)
+    monkeypatch.setattr(runs, "load_policy", fake_load_policy)
     return calls
 
 
@@ -193,7 +213,7 @@ def test_run_eval_agent_takes_the_training_runs_prompt(tiny_policy, tiny_model, 
 def test_unknown_method_dataset_and_missing_files_fail_clearly(tiny_policy, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'rag'; valid: naive_rag, tool_call, agent"):
         run_eval(Config(), "rag")
-    with pytest.raises(ValueError, match="unknown dataset 'trivia'; valid: generated, hotpotqa, 2wiki"):
+    with pytest.raises(ValueError, match="dataset='trivia' is not one of: generated, hotpotqa, 2wiki"):
         run_eval(Config(dataset="trivia"), "naive_rag")
     missing = tmp_path / "nope.json"
     with pytest.raises(FileNotFoundError, match=f"question file {missing} not found"):

@@ -8,9 +8,12 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from agentr1_nb import runs
 from agentr1_nb import train as train_mod
 from agentr1_nb.config import get_config
-from agentr1_nb.train import TrainingStopped, build_task, gold_episode, load_metrics, sft_warmup, train
+from agentr1_nb.env import build_task
+from agentr1_nb.sft import gold_episode, sft_warmup
+from agentr1_nb.train import TrainingStopped, load_metrics, run_lock, train
 
 TINY = [
     "prompt_style=zero_shot",
@@ -102,12 +105,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, tokenizer):
         task=task,
         callback=interrupt_after_two,
     )
-    assert [m["step"] for m in part] == [1, 2]
+    assert [m["step"] for m in part] == [1, 2] and part.interrupted
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists(), "Ctrl-C must save a checkpoint"
     # a fresh process would build a fresh model: the adapter, optimiser, RNG and data position come back
     rest = train(cfg, tmp_path / "b", model=_policy(tokenizer, seed=0), tokenizer=tokenizer, task=task)
     assert [m["step"] for m in rest] == [3, 4]
-    keys = ("reward", "em", "turns", "loss", "pg_loss", "entropy", "grad_norm")
+    keys = ("reward", "em", "turns", "loss", "pg_loss", "grad_norm")
     for a, b in zip(full[2:], rest):
         for k in keys:
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a[k], b[k])
@@ -156,11 +159,9 @@ def test_gold_episode_masks_only_actions_and_sft_lowers_loss(tokenizer):
 
 def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
     """The main job end to end on the tiny model (the real CPU default runs in `make demo`)."""
-    monkeypatch.setattr(
-        "agentr1_nb.policy.load_policy", lambda cfg, adapter=None: (_policy(tokenizer), tokenizer)
-    )
+    monkeypatch.setattr(runs, "load_policy", lambda cfg, adapter=None: (_policy(tokenizer), tokenizer))
     cfg = _cfg("steps=2", "eval_questions=4", "eval_batch_size=4", "sft_warmup_steps=1")
-    report = train_mod.demo(cfg, tmp_path)
+    report = runs.demo(cfg, tmp_path)
     assert set(report) == {
         "em_before",
         "em_before_ci95",
@@ -182,17 +183,210 @@ def test_interrupt_inside_a_step_keeps_the_last_consistent_checkpoint(tmp_path, 
     cfg = _cfg("steps=3", "save_every=1")
     model = _policy(tokenizer)
     task = build_task(cfg, tokenizer)
-    real = train_mod.Trainer._calculate_rewards
+    real = train_mod.score_trajectory
     calls = {"n": 0}
 
-    def interrupt_in_step_two(self, trajs):
+    def interrupt_in_step_two(traj, cfg):
         calls["n"] += 1
-        if calls["n"] == 2:  # after step 2's rollout, before its update
+        if calls["n"] == 2 * 2 + 1:  # the first trajectory of step 2 (2 questions x 2 samples per step)
             raise KeyboardInterrupt
-        return real(self, trajs)
+        return real(traj, cfg)
 
-    monkeypatch.setattr(train_mod.Trainer, "_calculate_rewards", interrupt_in_step_two)
+    monkeypatch.setattr(train_mod, "score_trajectory", interrupt_in_step_two)
     hist = train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
     assert [m["step"] for m in hist] == [1]
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
     assert state["step"] == 1 and state["sampler"]["pos"] == 2, "a half-done step must not be saved"
+
+
+# ----------------------------------------------------------------------------- nothing hangs, nothing is lost
+
+KEYS = ("reward", "em", "turns", "loss", "pg_loss", "grad_norm")
+
+
+def _same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b):
+        for k in KEYS:
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), (k, x[k], y[k])
+
+
+@pytest.mark.parametrize("where", ["before_rename", "between_renames", "after_renames"])
+def test_a_kill_during_save_then_resume_gives_the_uninterrupted_metrics(
+    tmp_path, tokenizer, monkeypatch, where
+):
+    """Kill the save of step 2's checkpoint at each point; resuming gives the metrics of an uninterrupted run."""
+    cfg = _cfg("steps=3", "save_every=1")
+    task = build_task(cfg, tokenizer)
+    full = train(cfg, tmp_path / "a", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+
+    real = train_mod.replace_dir
+    saves = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def dying_replace(tmp, final):
+        saves["n"] += 1
+        if saves["n"] < 2:
+            return real(tmp, final)
+        if where == "before_rename":
+            raise Killed
+        old = final.with_name(final.name + ".old")
+        final.rename(old)
+        if where == "between_renames":
+            raise Killed
+        tmp.rename(final)
+        raise Killed  # killed before the old one was deleted
+
+    monkeypatch.setattr(train_mod, "replace_dir", dying_replace)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    monkeypatch.setattr(train_mod, "replace_dir", real)
+    rest = train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    done = 2 if where == "after_renames" else 1
+    assert rest[0]["step"] == done + 1
+    _same_metrics(full[done:], rest)
+    _same_metrics(full, load_metrics(tmp_path / "b"))
+
+
+def test_history_without_a_checkpoint_is_never_deleted_silently(tmp_path, tokenizer):
+    cfg = _cfg("steps=1", "save_every=5")
+    task = build_task(cfg, tokenizer)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    with pytest.raises(RuntimeError, match="no complete checkpoint to resume from; pass --no-resume"):
+        train(cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    assert (tmp_path / "metrics.jsonl").read_text().startswith('{"step": 1')
+    hist = train(cfg, tmp_path, resume=False, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    assert [m["step"] for m in load_metrics(tmp_path)] == [m["step"] for m in hist] == [1]
+
+
+def test_resume_with_a_changed_config(tmp_path, tokenizer, capsys):
+    cfg = _cfg("steps=1", "save_every=1")
+    task = build_task(cfg, tokenizer)
+    train(cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    for bad, field in ((["lr=0.5"], "lr"), (["seed=5", "world_seed=3"], "seed"), (["algo=rloo"], "algo")):
+        with pytest.raises(ValueError, match=f"cannot resume .* {field} "):
+            train(_cfg("steps=2", *bad), tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["lr"] == cfg.lr, "a refused resume must not rewrite config.json"
+    hist = train(
+        _cfg("steps=2", "save_every=2"), tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task
+    )
+    assert [m["step"] for m in hist] == [2]
+    assert "resuming with changed steps 1 -> 2, save_every 1 -> 2" in capsys.readouterr().out
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path, tokenizer):
+    import os
+
+    cfg = _cfg("steps=1")
+    with run_lock(tmp_path):
+        with pytest.raises(RuntimeError, match=f"in use by another training run \\(pid {os.getpid()}\\)"):
+            train(
+                cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=build_task(cfg, tokenizer)
+            )
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty_state", "truncated_adapter"])
+def test_corrupt_checkpoint_files_are_named(tmp_path, tokenizer, damage):
+    cfg = _cfg("steps=1", "save_every=1")
+    task = build_task(cfg, tokenizer)
+    train(cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+    if damage == "empty_state":
+        target = tmp_path / "checkpoint" / "state.pt"
+        target.write_bytes(b"")
+    else:
+        target = tmp_path / "checkpoint" / "adapter" / "adapter_model.safetensors"
+        target.write_bytes(target.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=f"{target} is unreadable"):
+        train(cfg.replace(steps=2), tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=task)
+
+
+def test_temperature_is_used_in_training_log_probs(tmp_path, tokenizer):
+    """At T = 0.7 the first ratio of a fresh on-policy batch is 1 (the sampler's distribution is recomputed)."""
+    cfg = _cfg("steps=1", "temperature=0.7", "recompute_old_logprobs=false")
+    hist = train(
+        cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=build_task(cfg, tokenizer)
+    )
+    assert hist[0]["first_ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert hist[0]["first_ratio_max"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_logged_reward_is_what_the_advantages_see(tmp_path, tokenizer):
+    """With process rewards off and a format penalty, the logged reward is the mean trajectory score."""
+    cfg = _cfg("steps=1", "use_process_reward=false", "format_penalty=-0.5")
+    seen = {}
+    real = train_mod.algos.compute_advantages
+
+    def spy(algo, token_rewards, *a, **kw):
+        seen["scores"] = token_rewards.sum(-1)
+        return real(algo, token_rewards, *a, **kw)
+
+    import agentr1_nb.algos as algos_mod
+
+    orig = algos_mod.compute_advantages
+    algos_mod.compute_advantages = spy
+    try:
+        hist = train(
+            cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=build_task(cfg, tokenizer)
+        )
+    finally:
+        algos_mod.compute_advantages = orig
+    assert hist[0]["reward"] == pytest.approx(float(seen["scores"].mean()), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _launch(out, *overrides, timeout=600):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "agentr1_nb",
+        "train",
+        "--preset",
+        "cpu_demo",
+        "--out",
+        str(out),
+        "--json",
+        *TINY,
+        *overrides,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # one JSON line, from the main process
+    return json.loads(lines[0])
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one_uninterrupted_run(tmp_path):
+    """`accelerate launch --cpu --num_processes 2`: each process rolls out its share, gradients are summed,
+    the main process writes; a run resumed under two processes gives the uninterrupted run's metrics."""
+    small = ("world_entities=12", "world_questions=24", "max_tokens_per_turn=4", "save_every=1")
+    full = _launch(tmp_path / "a", "steps=2", *small)
+    assert full["world_size"] == 2 and full["step"] == 2
+    _launch(tmp_path / "b", "steps=1", *small)
+    resumed = _launch(tmp_path / "b", "steps=2", *small)
+    for k in ("reward", "em", "turns", "loss", "grad_norm"):
+        assert resumed[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
+    assert [m["step"] for m in load_metrics(tmp_path / "b")] == [1, 2]
+    assert (tmp_path / "b" / "checkpoint" / "rng_1.pt").is_file()

@@ -1,0 +1,216 @@
+"""Glue for the command line and the notebooks: the main job (`demo`) and one method's evaluation on a
+dataset (`run_eval`). Each puts the pipeline stages together; none holds a stage of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .baselines import naive_rag, tool_call
+from .common import atomic_write_json, check_writable_dir, mean, peak_memory_mb, set_seed
+from .config import METHODS, Config
+from .env import ToolEnv, build_task
+from .evaluate import SUMMARY_KEYS, check_coverage, evaluate_agent, load_eval_questions, summarize
+from .policy import load_policy
+from .prompts import check_prompt_style
+from .retrieval import build_retriever
+from .sft import sft_warmup
+from .tools import make_tools
+from .train import train
+
+POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_modules", "prompt_style")
+"""Fields taken from a training run's config.json found beside the adapter: they define the trained policy."""
+
+
+# ----------------------------------------------------------------------------- the main job
+
+
+def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
+    """The CPU main job: warm-up, GRPO on the generated world, evaluated on held-out questions before and
+    after RL.
+
+    `em_before` is measured on the policy RL starts from (after the optional warm-up), so the gain is RL's.
+    `reward_first` / `reward_last` are the mean training reward over the first / last five steps.
+    """
+    t0 = time.time()
+    out = check_writable_dir(out_dir, "demo folder")
+    set_seed(cfg.seed)
+    print("loading the policy and building the task...", file=sys.stderr, flush=True)
+    model, tok = load_policy(cfg)
+    task = build_task(cfg, tok)
+    eval_ex = task.eval[: cfg.eval_questions]
+    warm = sft_warmup(model, tok, task, cfg)
+    before, _ = evaluate_agent(
+        model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
+    )
+    history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
+    after, _ = evaluate_agent(
+        model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
+    )
+    rewards = [m["reward"] for m in history]
+    report = {
+        "em_before": before["em"],
+        "em_before_ci95": before["em_ci95"],
+        "em_after": after["em"],
+        "em_after_ci95": after["em_ci95"],
+        "reward_first": mean(rewards[:5]),
+        "reward_last": mean(rewards[-5:]),
+        "steps": len(history),
+        "minutes": round((time.time() - t0) / 60, 2),
+        "seed": cfg.seed,
+    }
+    full = dict(
+        report,
+        before=before,
+        after=after,
+        sft_warmup_losses=warm,
+        peak_mem_mb=peak_memory_mb(),
+        interrupted=history.interrupted,
+        config=cfg.to_dict(),
+    )
+    atomic_write_json(out / "report.json", full)
+    try:
+        from .viz import plot_demo
+
+        plot_demo(history, before, after, out / "demo.png")
+    except ImportError:
+        pass
+    return report
+
+
+# ----------------------------------------------------------------------------- one method on one dataset
+def resolve_adapter(adapter: str | Path) -> Path:
+    """The LoRA folder: `adapter` itself, or `adapter/adapter`, or `adapter/checkpoint/adapter` (a run dir)."""
+    root = Path(adapter)
+    for cand in (root, root / "adapter", root / "checkpoint" / "adapter"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    if not root.exists():
+        raise FileNotFoundError(f"adapter folder {root} not found")
+    raise FileNotFoundError(
+        f"{root} holds no LoRA adapter (no adapter_config.json in it, in {root / 'adapter'} or in "
+        f"{root / 'checkpoint' / 'adapter'}); pass the folder written by model.save_pretrained or a train --out dir"
+    )
+
+
+def training_config(adapter_dir: Path) -> dict | None:
+    """The config.json of the training run an adapter comes from (train writes OUT/config.json and
+    OUT/checkpoint/adapter), looked up in the adapter folder and its two parents; None when absent."""
+    for folder in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
+        path = folder / "config.json"
+        if path.is_file():
+            try:
+                cfg = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and "prompt_style" in cfg:  # a Config, not a model's config.json
+                return cfg
+    return None
+
+
+def agent_config(cfg: Config, adapter_dir: Path) -> Config:
+    """`cfg` with the policy fields (`POLICY_FIELDS`) of the run that trained the adapter, when known: the
+    adapter only fits its base model, and the agent is evaluated with the prompt it was trained with."""
+    trained = training_config(adapter_dir)
+    if trained is None:
+        return cfg
+    changes = {k: trained[k] for k in POLICY_FIELDS if k in trained and trained[k] != getattr(cfg, k)}
+    if changes:
+        print(f"eval: using the training run's {changes} for the adapter {adapter_dir}", file=sys.stderr)
+    return cfg.replace(**changes)
+
+
+def run_eval(
+    cfg: Config,
+    method: str,
+    adapter: str | Path | None = None,
+    limit: int = 0,
+    out_dir: str | Path | None = None,
+    prompt_style: str | None = None,
+) -> dict:
+    """Evaluate `method` on the held-out questions of `cfg.dataset` (greedy, batched).
+
+    `prompt_style` ("zero_shot" or "few_shot") sets a baseline's prompt; None keeps the defaults: Naive RAG
+    follows `cfg.prompt_style`, Base Tool Call is zero-shot (the paper's). An agent always uses the prompt
+    its adapter was trained with, so it is an error there.
+
+    Writes one JSON line per question to `out_dir/<dataset>_<method>.jsonl` (default `runs/eval`) and the
+    summary with extras (recall_all, corpus coverage, stop reasons, timing, config) to
+    `<dataset>_<method>.summary.json`; returns the summary restricted to `SUMMARY_KEYS` (`recall_any` is None
+    when no question names its supporting passages).
+    """
+    t0 = time.time()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if prompt_style is not None:
+        check_prompt_style(prompt_style)  # before minutes of loading
+    adapter_dir = None
+    if method == "agent" and prompt_style is not None:
+        raise ValueError(
+            "--prompt-style applies to the baselines; an agent uses the prompt its adapter was trained with"
+        )
+    if method == "naive_rag" and prompt_style is not None:
+        cfg = cfg.replace(prompt_style=prompt_style)
+    if method == "agent":
+        if not adapter:
+            raise ValueError(
+                "--method agent needs --adapter DIR (a trained LoRA adapter, e.g. a train --out folder); "
+                "for the untrained policy use --method tool_call"
+            )
+        adapter_dir = resolve_adapter(adapter)
+        cfg = agent_config(cfg, adapter_dir)
+    elif adapter:
+        warnings.warn(
+            f"--adapter is ignored by --method {method} (it evaluates the base model)", stacklevel=2
+        )
+
+    out = check_writable_dir(out_dir or "runs/eval", "--out folder")  # before the work, not after
+    examples, passages = load_eval_questions(cfg, limit)
+    coverage = check_coverage(examples, passages)
+    retriever = build_retriever(cfg, passages)
+    model, tok = load_policy(cfg, adapter=adapter_dir)
+
+    if method == "naive_rag":
+        records = naive_rag(model, tok, examples, retriever, cfg)
+    elif method == "tool_call":
+        records = tool_call(
+            model, tok, examples, make_tools(cfg, retriever), cfg, prompt_style=prompt_style or "zero_shot"
+        )
+    else:
+        tools = make_tools(cfg, retriever)
+        _, records = evaluate_agent(model, tok, examples, lambda: ToolEnv(tools, tok, cfg), cfg)
+
+    full = summarize(records, seed=cfg.seed)
+    result = {"dataset": cfg.dataset, "method": method, **full}
+    # NaN (recall without known supporting titles) is not JSON: it becomes null
+    result = {
+        k: None if isinstance(result[k], float) and math.isnan(result[k]) else result[k] for k in SUMMARY_KEYS
+    }
+    used_style = (prompt_style or "zero_shot") if method == "tool_call" else cfg.prompt_style
+    stem = f"{cfg.dataset}_{method}" + ("_few_shot" if prompt_style == "few_shot" else "")
+    with open(out / f"{stem}.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    stops: dict[str, int] = {}
+    for r in records:
+        stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
+    extras = {
+        "recall_all": full["recall_all"],
+        "stop_reasons": stops,
+        "coverage": coverage,
+        "prompt_style": used_style,
+        "adapter": None if adapter_dir is None else str(adapter_dir),
+        "data_path": cfg.data_path,
+        "corpus_path": cfg.corpus_path,
+        "limit": limit,
+        "seconds": round(time.time() - t0, 1),
+        "records": str(out / f"{stem}.jsonl"),
+        "config": cfg.to_dict(),
+    }
+    atomic_write_json(out / f"{stem}.summary.json", {**result, **extras})
+    return result
