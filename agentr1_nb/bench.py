@@ -33,6 +33,8 @@ from .env import STOP_STRINGS, build_task, parse_action
 from .kvcache import left_pad
 from .policy import (
     cpu_default_model_dir,
+    cpu_has_bf16,
+    gpu_has_bf16,
     load_policy,
     position_ids_from_mask,
     token_logprobs,
@@ -185,23 +187,13 @@ def bench_logprobs(
 # ----------------------------------------------------------------------------- environment report
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def info(cfg: Config) -> dict:
     """Versions, device, bf16 and bitsandbytes support, and the resolved CPU default model folder."""
     cuda = torch.cuda.is_available()
     if cuda:
-        device, bf16 = f"cuda:{torch.cuda.get_device_name(0)}", torch.cuda.is_bf16_supported()
+        device, bf16 = f"cuda:{torch.cuda.get_device_name(0)}", gpu_has_bf16()
     else:  # bf16 always runs on a CPU; it is fast (2.5-3x fp32) only with these instructions
-        device, bf16 = "cpu", bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        device, bf16 = "cpu", cpu_has_bf16()
     try:
         import bitsandbytes
 

@@ -18,6 +18,7 @@ Benchmarks and the environment report are in `bench.py`, the memory arithmetic i
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import shutil
@@ -121,13 +122,33 @@ def resolve_model_path(cfg: Config) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
+def gpu_has_bf16() -> bool:
+    """bf16 in hardware: compute capability >= 8 (Ampere and later). `torch.cuda.is_bf16_supported()` also
+    says True on a T4 (sm75), where bf16 runs through slow emulation, so it is not asked."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """bf16 in the CPU's hardware (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls: measured on
+    an AVX2-only AMD EPYC, a SmolLM2-135M forward of 4 x 256 tokens took 37 s in bf16 and 8 s in fp32."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def compute_dtype(cfg: Config) -> torch.dtype:
-    """bf16 where the hardware supports it, fp16 on older GPUs (T4), as `cfg.compute_dtype` says."""
+    """`cfg.compute_dtype`; "auto" is bf16 where the hardware has it, else fp16 on a GPU (T4) and fp32 on
+    a CPU (where fp32 is also exactly on-policy: the sampler's and the training pass's log-probs agree)."""
     name = cfg.compute_dtype
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16
+            return torch.bfloat16 if gpu_has_bf16() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name not in table:
         raise ValueError(f"compute_dtype must be one of auto, {', '.join(table)}; got {name!r}")

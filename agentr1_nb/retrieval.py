@@ -71,6 +71,11 @@ class BM25Retriever:
         tokens = bm25s.tokenize(
             [_doc_text(p) for p in self.passages], stopwords="en", stemmer=self._stemmer, show_progress=False
         )
+        if not tokens.vocab:  # bm25s fails with "max() arg is an empty sequence"
+            raise ValueError(
+                f"the corpus ({len(self.passages)} passages) has no indexable word: every passage is empty or "
+                "stopwords only; check the corpus file"
+            )
         self.index = bm25s.BM25()
         self.index.index(tokens, show_progress=False)
 

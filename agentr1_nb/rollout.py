@@ -131,8 +131,16 @@ def sample_tokens(
     """Draw one token per row from (n, V) logits; return ids (n,) and their log-probs (n,).
 
     The log-prob is under softmax(logits / T) without the top-p cut (see the module docstring).
-    temperature <= 0 means greedy.
+    temperature <= 0 means greedy. Non-finite logits (a model overflowing in fp16, as Qwen2.5 is known to)
+    are a clear error here rather than a cryptic one from `torch.multinomial` or silent garbage from argmax.
     """
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).any(-1).sum())
+        raise RuntimeError(
+            f"the policy produced non-finite logits ({logits.dtype}) for {bad} of {logits.shape[0]} rows: the "
+            "model overflows in this dtype. Use compute_dtype=bf16 on a GPU that has it (compute capability "
+            ">= 8) or fp32, or keep the overflowing layers out of 4-bit (see the colab_t4 preset)"
+        )
     logits = logits.float()
     if greedy or temperature <= 0:
         logp = torch.log_softmax(logits, dim=-1)  # (n, V)

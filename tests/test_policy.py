@@ -360,3 +360,26 @@ def test_hub_offline_is_the_common_hub_check(monkeypatch):
     assert policy.hub_offline()
     monkeypatch.setattr(policy, "hub_reachable", lambda: True)
     assert not policy.hub_offline()
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_auto_dtype_follows_the_gpus_compute_capability(monkeypatch, capability, expected):
+    """A T4 (sm75) says is_bf16_supported() through emulation; auto must still pick fp16 there."""
+    from agentr1_nb.config import Config
+    from agentr1_nb.policy import compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert compute_dtype(Config(compute_dtype="auto")) == expected
+
+
+@pytest.mark.parametrize("has_bf16,expected", [(False, torch.float32), (True, torch.bfloat16)])
+def test_auto_dtype_on_the_cpu_follows_its_bf16_support(monkeypatch, has_bf16, expected):
+    """Emulated bf16 is several times slower than fp32 on a CPU without AVX512-BF16 / AMX."""
+    from agentr1_nb import policy
+    from agentr1_nb.config import Config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: has_bf16)
+    assert policy.compute_dtype(Config(compute_dtype="auto")) == expected

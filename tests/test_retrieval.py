@@ -147,3 +147,11 @@ def test_real_hotpotqa_bm25_recall(shared_data):
     out = measure_recall("hotpotqa", "", "", 5, Config(data_dir=str(shared_data)))
     assert out["n"] == 100
     assert out["recall_any"] > 0.9 and 0.4 < out["recall_all"] < 0.7
+
+
+def test_bm25_on_a_corpus_without_indexable_words_is_a_clear_error():
+    from agentr1_nb.data import make_passage
+    from agentr1_nb.retrieval import BM25Retriever
+
+    with pytest.raises(ValueError, match="no indexable word"):
+        BM25Retriever([make_passage("A", "the"), make_passage("T", "")])

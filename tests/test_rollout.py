@@ -539,3 +539,14 @@ def test_real_model_greedy_cache_equals_recomputation_fp32(tokenizer):
         out[use_cache] = rollout(model, tok, examples(1), make_env, c, greedy=True, use_cache=use_cache)
     assert [t.token_ids for t in out[True]] == [t.token_ids for t in out[False]]
     assert sum(out[True][0].action_mask) >= 6
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_non_finite_logits_are_a_clear_error_naming_the_dtype(greedy):
+    from agentr1_nb.rollout import sample_tokens
+
+    logits = torch.zeros(3, 8, dtype=torch.float16)
+    logits[1, 2] = float("inf")
+    logits[2, 0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"non-finite logits \(torch.float16\) for 2 of 3 rows.*bf16"):
+        sample_tokens(logits, 1.0, 1.0, greedy)
