@@ -66,7 +66,7 @@ from .common import (
 )
 from .config import Config
 from .env import Task, build_task
-from .policy import final_hidden, load_policy, reference, token_logprobs
+from .policy import compute_dtype, final_hidden, load_policy, reference, token_logprobs
 from .rewards import score_trajectory, token_rewards
 from .rollout import rollout
 
@@ -370,11 +370,9 @@ def train(
 def make_accelerator(cfg: Config) -> Accelerator:
     """One Accelerator per process: fp16 autocast + loss scaling when the policy computes in fp16 on a GPU,
     bf16 autocast for bf16 on a GPU, nothing extra on the CPU (the CPU model is loaded in its dtype)."""
-    mp = "no"
-    if torch.cuda.is_available():
-        from .policy import compute_dtype
-
-        mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(compute_dtype(cfg), "no")
+    if not torch.cuda.is_available():  # cpu=True: several CPU processes (torchrun) join as MULTI_CPU
+        return Accelerator(cpu=True, mixed_precision="no")
+    mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(compute_dtype(cfg), "no")
     return Accelerator(mixed_precision=mp)
 
 
@@ -488,13 +486,18 @@ def _all_true(acc: Accelerator, ok: bool) -> bool:
 
 
 def _reduce_gradients(acc: Accelerator, params: list) -> None:
-    """Sum the gradients over processes: each process's loss is already its share of the whole step's."""
+    """Sum the gradients over processes (each process's loss is already its share of the whole step's):
+    one all-reduce of all LoRA gradients flattened together, since one call per tensor costs more than the
+    update itself on the CPU's gloo backend."""
     if acc.num_processes == 1:
         return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.copy_(acc.reduce(p.grad, reduction="sum"))
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = acc.reduce(torch.cat([g.reshape(-1).float() for g in grads]), reduction="sum")
+    i = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[i : i + n].view_as(g).to(g.dtype)
+        i += n
 
 
 def _gather_means(acc: Accelerator, values: dict[str, list[float]]) -> dict[str, float]:

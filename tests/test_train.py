@@ -345,30 +345,9 @@ def _launch(out, *overrides, timeout=600):
     import subprocess
     import sys
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "agentr1_nb",
-        "train",
-        "--preset",
-        "cpu_demo",
-        "--out",
-        str(out),
-        "--json",
-        *TINY,
-        *overrides,
-    ]
+    # torchrun starts the processes (accelerate's --cpu launcher runs one); Accelerator joins them (gloo)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "agentr1_nb", "train", "--preset", "cpu_demo", "--out", str(out), "--json", *TINY, *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -379,7 +358,7 @@ def _launch(out, *overrides, timeout=600):
 
 @pytest.mark.slow
 def test_two_processes_train_and_resume_like_one_uninterrupted_run(tmp_path):
-    """`accelerate launch --cpu --num_processes 2`: each process rolls out its share, gradients are summed,
+    """`torchrun --nproc_per_node 2` on the CPU: each process rolls out its share, gradients are summed,
     the main process writes; a run resumed under two processes gives the uninterrupted run's metrics."""
     small = ("world_entities=12", "world_questions=24", "max_tokens_per_turn=4", "save_every=1")
     full = _launch(tmp_path / "a", "steps=2", *small)
