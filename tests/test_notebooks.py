@@ -1,7 +1,9 @@
-"""Every notebook follows the house conventions and runs top to bottom on a CPU with FAST=True (papermill)."""
+"""Every notebook follows the house conventions, its committed outputs come from the current code, and it
+runs top to bottom on a CPU with FAST=True (papermill)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,14 @@ def _read(path: Path):
     import nbformat
 
     return nbformat.read(path, as_version=4)
+
+
+def _execute_script():
+    """notebooks/execute.py, imported by path: the one copy of the stamp logic."""
+    spec = importlib.util.spec_from_file_location("notebooks_execute", NOTEBOOK_DIR / "execute.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -38,6 +48,14 @@ def test_notebook_conventions(path):
     assert any(c.get("outputs") for c in code), "committed notebooks keep the outputs of a real run"
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"committed outputs contain an error: {errors[0].get('ename')}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_come_from_the_current_code(path):
+    """The stamp `notebooks/execute.py` wrote (code cells, package modules imported) matches the code now."""
+    execute = _execute_script()
+    changes = execute.stamp_changes(_read(path))
+    assert not changes, execute.stale_message(path, changes)
 
 
 @pytest.mark.slow

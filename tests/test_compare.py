@@ -1,0 +1,153 @@
+"""The comparison of notebook 06: intervals, read-back keys, the table, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from agentr1_nb import compare as cmp
+from agentr1_nb.config import get_config
+from agentr1_nb.evaluate import bootstrap_ci
+
+# ----------------------------------------------------------------------------- hier_ci
+
+
+def hier_ci_of(per_seed):
+    return cmp.hier_ci(per_seed, n_boot=500)
+
+
+def test_hier_ci_with_one_seed_is_the_plain_bootstrap():
+    ems = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1] * 3
+    assert hier_ci_of([ems]) == list(bootstrap_ci(ems, n_boot=500))
+    assert cmp.hier_ci([ems, []], seed=4) == list(bootstrap_ci(ems, seed=4))  # empty seeds are dropped
+
+
+def test_hier_ci_degenerate_inputs():
+    assert hier_ci_of([[1.0] * 5, [1.0] * 7]) == [1.0, 1.0]
+    assert hier_ci_of([[0.0] * 3, [0.0] * 3, [0.0] * 3]) == [0.0, 0.0]
+    for empty in ([], [[]], [[], []]):
+        lo, hi = hier_ci_of(empty)
+        assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_hier_ci_holds_the_seed_to_seed_noise():
+    # two seeds that disagree completely: resampling seeds can pick the same one twice, so the interval
+    # spans both; pooling the questions would hide that (about [0.4, 0.6])
+    lo, hi = cmp.hier_ci([[0.0] * 50, [1.0] * 50], n_boot=400)
+    assert lo == 0.0 and hi == 1.0
+    plo, phi = bootstrap_ci([0.0] * 50 + [1.0] * 50, n_boot=400)
+    assert 0.3 < plo < phi < 0.7
+    assert cmp.hier_ci([[0, 1, 1], [1, 0, 1]], n_boot=200, seed=1) == cmp.hier_ci(
+        [[0, 1, 1], [1, 0, 1]], n_boot=200, seed=1
+    )
+
+
+# ----------------------------------------------------------------------------- read-back keys
+
+
+def test_read_back_needs_the_same_config_eval_n_and_sets(tmp_path):
+    cfg = get_config("cpu_demo")
+    key = cmp.run_key(cfg, 4, ["generated"], 2)
+    path = tmp_path / "result.json"
+    assert cmp.read_back(path, key) is None  # nothing saved
+    path.write_text(json.dumps(dict(key, eval={"generated": [1.0, 0.0]})))
+    assert cmp.read_back(path, key)["eval"] == {"generated": [1.0, 0.0]}
+    assert cmp.read_back(path, json.loads(json.dumps(key))) is not None  # survives a JSON round trip
+    assert cmp.read_back(path, cmp.run_key(cfg.replace(steps=3), 4, ["generated"], 2)) is None
+    assert cmp.read_back(path, cmp.run_key(cfg.replace(algo="rloo"), 4, ["generated"], 2)) is None
+    assert cmp.read_back(path, cmp.run_key(cfg, 5, ["generated"], 2)) is None  # another EVAL_N
+    assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated", "2wiki"], 2)) is None
+    assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated"], 8)) is None  # another warm-up
+    path.write_text('{"config": ')  # half a file
+    assert cmp.read_back(path, key) is None
+
+
+def test_baseline_key_ignores_the_rl_fields_and_the_seed():
+    cfg = get_config("cpu_demo")
+    key = cmp.baseline_key(cfg, 4)
+    assert cmp.baseline_key(cfg.replace(steps=3, algo="ppo", loss_mask=False, seed=2), 4) == key
+    assert cmp.baseline_key(cfg.replace(top_k=4), 4) != key
+    assert cmp.baseline_key(cfg, 8) != key
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_table_rows_from_fabricated_runs():
+    runs = {
+        ("RLOO", "generated"): [[1, 0, 0, 0], [1, 1, 0, 0]],
+        ("my method", "generated"): [[0, 0]],
+        ("GRPO", "generated"): [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]],
+        ("Naive RAG", "generated"): [[0, 1, 0, 1]],
+        ("Naive RAG", "hotpotqa"): [[0, 0, 1]],
+    }
+    rows = cmp.table_rows(runs, n_boot=200)
+    assert [(r["method"], r["dataset"]) for r in rows] == [
+        ("Naive RAG", "generated"),
+        ("Naive RAG", "hotpotqa"),
+        ("GRPO", "generated"),
+        ("RLOO", "generated"),
+        ("my method", "generated"),
+    ]  # baselines, then VARIANTS order, then the rest
+    rloo = rows[3]
+    assert rloo["em"] == pytest.approx(0.375) and rloo["em_per_seed"] == [0.25, 0.5]
+    assert rloo["seeds"] == 2 and rloo["n"] == 4
+    assert rows[2]["ci"] == [1.0, 1.0] and rows[2]["seeds"] == 3
+    assert rows[1]["n"] == 3 and rows[0]["ci"] == list(bootstrap_ci([0, 1, 0, 1], n_boot=200))
+    table = cmp.markdown_table(rows)
+    assert "ours: generated (n=4)" in table and "ours: hotpotqa (n=3)" in table
+    assert "| GRPO | 1.000 [1.00, 1.00] |  | 0.4405 | 0.5741 | 0.1485 | 0.3877 |" in table
+    assert len(table.splitlines()) == 2 + 4  # header, rule, one line per method
+
+
+def test_paper_and_variants_are_consistent():
+    assert set(cmp.PAPER) == {"Base Tool Call", "Naive RAG", *cmp.VARIANTS}
+    assert cmp.PAPER["GRPO w/o loss mask"] == {"avg": 0.3722}
+    assert set(cmp.FAST_VARIANTS) <= set(cmp.VARIANTS)
+    cfg = get_config("cpu_demo")
+    for over in cmp.VARIANTS.values():
+        cfg.replace(**over)  # every variant is a valid Config
+    fast = cmp.fast_config(cfg)
+    assert fast.steps == 1 and fast.group_size == 2 and fast.sft_warmup_steps == 2
+    assert fast.compute_dtype == "fp32"  # minutes on any CPU, with or without bf16 support
+    assert cmp.default_sets(cfg) == (["generated"], ["generated", "hotpotqa", "2wiki"])
+    assert cmp.default_sets(get_config("colab_t4"))[0] == ["hotpotqa", "2wiki", "musique"]
+
+
+def test_compare_rejects_an_unknown_variant_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="unknown variant"):
+        cmp.compare(get_config("cpu_demo"), tmp_path, variants=["GRPO", "DPO"])
+    assert not (tmp_path / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch):
+    cfg = get_config("cpu_demo")
+    kw = dict(fast=True, variants=["GRPO"], baseline_sets=["generated"], progress=False)
+    res = cmp.compare(cfg, tmp_path, **kw)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == res["rows"]
+    assert [(r["method"], r["dataset"]) for r in res["rows"]] == [
+        *((m, "generated") for m in cmp.BASELINE_METHODS),
+        ("GRPO", "generated"),
+    ]
+    assert all(r["n"] == cmp.FAST_EVAL_N and 0.0 <= r["em"] <= 1.0 for r in res["rows"])
+    assert res["reused"] == [] and res["steps"] == 1 and res["config"]["group_size"] == 2
+    assert res["seconds_per_run"]["GRPO seed 0"] > 0
+    assert (tmp_path / "GRPO_seed0" / "eval_generated.jsonl").is_file()
+    assert len(list(tmp_path.glob("sft_seed0_*/adapter_config.json"))) == 1
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(cmp, "train", no_training)
+    monkeypatch.setattr(cmp, "load_policy", no_training)
+    again = cmp.compare(cfg, tmp_path, **kw)
+    assert again["reused"] == ["GRPO seed 0", "baselines generated"]
+    assert again["rows"] == res["rows"] and again["seconds_per_run"] == res["seconds_per_run"]
