@@ -87,11 +87,8 @@ REAL_SETS = ["hotpotqa", "2wiki", "musique"]
 RL_FIELDS = ("steps", "algo", "advantage_mask", "loss_mask")
 """Fields the variants and the step count change: the warm-up and the baselines do not depend on them."""
 
-# FAST: a smoke run for tests and CI (minutes on a CPU). Its numbers are not results. It computes in fp32:
-# bf16 is 2.5-3x faster than fp32 on a CPU with avx512_bf16, but about 20x slower on one without it (measured:
-# a 1024 x 576 x 1536 matmul forward + backward), and a smoke run should take minutes on any CPU.
+# FAST: a smoke run for tests and CI (minutes on a CPU). Its numbers are not results.
 FAST_OVERRIDES = dict(
-    compute_dtype="fp32",
     steps=1,
     questions_per_step=2,
     group_size=2,
@@ -109,7 +106,7 @@ FAST_SFT_BATCH = 2
 
 
 def fast_config(cfg: Config) -> Config:
-    """`cfg` cut to FAST sizes: 1 RL step of 2 questions x 2 samples, 2 turns, 2 warm-up steps, fp32."""
+    """`cfg` cut to FAST sizes: 1 RL step of 2 questions x 2 samples, 2 turns, 2 warm-up steps."""
     return cfg.replace(**FAST_OVERRIDES)
 
 

@@ -9,8 +9,11 @@ learn the format before RL has a reward to work with.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .config import Config
 from .env import Task
@@ -58,7 +61,7 @@ def sft_warmup(
     rng = np.random.default_rng(cfg.seed + 7)
     losses = []
     model.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="warm-up (SFT)", dynamic_ncols=True):
         picks = rng.choice(len(task.train), batch_size)
         rows = [gold_episode(task.train[i], task.make_env(), tokenizer) for i in picks]
         n_act = sum(sum(m[1:]) for _, m in rows)
@@ -74,11 +77,16 @@ def sft_warmup(
                 ids[i, : len(x)] = torch.tensor(x)
                 am[i, : len(x)] = 1
                 act[i, : len(x) - 1] = torch.tensor(m[1:], dtype=torch.float)
+            device = next(model.parameters()).device  # a GPU model takes GPU batches
+            ids, am, act = ids.to(device), am.to(device), act.to(device)
             logp = token_logprobs(model, ids, am, chunk=cfg.logprob_chunk)  # (b, T-1)
             loss = -(logp * act).sum() / max(n_act, 1)
             loss.backward()
             total += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if math.isfinite(total) and bool(torch.isfinite(gnorm)):
+            opt.step()
+        else:  # a non-finite loss or gradient never reaches the weights (the step is skipped, loss logged)
+            opt.zero_grad(set_to_none=True)
         losses.append(total)
     return losses

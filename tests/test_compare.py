@@ -111,7 +111,6 @@ def test_paper_and_variants_are_consistent():
         cfg.replace(**over)  # every variant is a valid Config
     fast = cmp.fast_config(cfg)
     assert fast.steps == 1 and fast.group_size == 2 and fast.sft_warmup_steps == 2
-    assert fast.compute_dtype == "fp32"  # minutes on any CPU, with or without bf16 support
     assert cmp.default_sets(cfg) == (["generated"], ["generated", "hotpotqa", "2wiki"])
     assert cmp.default_sets(get_config("colab_t4"))[0] == ["hotpotqa", "2wiki", "musique"]
 

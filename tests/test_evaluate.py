@@ -176,7 +176,7 @@ def test_run_eval_prompt_style_sets_the_baselines_prompt(tiny_policy, tmp_path, 
         seen.append(prompt_style)
         return real(model, tok, examples, tools, cfg, prompt_style=prompt_style)
 
-    monkeypatch.setattr(baselines, "tool_call", spy)
+    monkeypatch.setattr(runs, "tool_call", spy)
     cfg = Config(dataset="generated", prompt_style="few_shot", **FAST)
     run_eval(cfg, "tool_call", limit=1, out_dir=tmp_path)  # default: the paper's zero-shot, whatever cfg says
     run_eval(cfg, "tool_call", limit=1, out_dir=tmp_path, prompt_style="few_shot")

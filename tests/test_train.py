@@ -347,7 +347,18 @@ def _launch(out, *overrides, timeout=600):
 
     # torchrun starts the processes (accelerate's --cpu launcher runs one); Accelerator joins them (gloo)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "agentr1_nb", "train", "--preset", "cpu_demo", "--out", str(out), "--json", *TINY, *overrides]
+    cmd += [
+        "-m",
+        "agentr1_nb",
+        "train",
+        "--preset",
+        "cpu_demo",
+        "--out",
+        str(out),
+        "--json",
+        *TINY,
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -369,3 +380,18 @@ def test_two_processes_train_and_resume_like_one_uninterrupted_run(tmp_path):
         assert resumed[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
     assert [m["step"] for m in load_metrics(tmp_path / "b")] == [1, 2]
     assert (tmp_path / "b" / "checkpoint" / "rng_1.pt").is_file()
+
+
+def test_sft_warmup_skips_a_non_finite_step(tokenizer, monkeypatch):
+    from agentr1_nb import sft
+
+    cfg = _cfg()
+    task = build_task(cfg, tokenizer)
+    model = _policy(tokenizer)
+    before = _lora_state(model)
+    real = sft.token_logprobs
+    monkeypatch.setattr(sft, "token_logprobs", lambda *a, **k: real(*a, **k) * float("nan"))
+    losses = sft_warmup(model, tokenizer, task, cfg, steps=2, batch_size=2)
+    assert len(losses) == 2 and all(loss != loss for loss in losses)  # NaN logged
+    after = _lora_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a NaN warm-up step changed the weights"
