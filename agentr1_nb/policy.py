@@ -226,13 +226,13 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
             bnb_4bit_compute_dtype=dtype,
         )
         if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": torch.cuda.current_device()}  # this process's GPU (train sets it)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise _offline_error(cfg.model, e) from e
     if not cfg.load_in_4bit and torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to(torch.cuda.current_device())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     for p in model.parameters():

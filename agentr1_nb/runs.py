@@ -22,6 +22,7 @@ from .retrieval import build_retriever
 from .sft import sft_warmup
 from .tools import make_tools
 from .train import train
+from .viz import plot_demo
 
 POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_modules", "prompt_style")
 """Fields taken from a training run's config.json found beside the adapter: they define the trained policy."""
@@ -74,12 +75,7 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
         config=cfg.to_dict(),
     )
     atomic_write_json(out / "report.json", full)
-    try:
-        from .viz import plot_demo
-
-        plot_demo(history, before, after, out / "demo.png")
-    except ImportError:
-        pass
+    plot_demo(history, before, after, out / "demo.png")
     return report
 
 

@@ -147,6 +147,8 @@ def train(
     """
     acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
+    if acc.device.type == "cuda":
+        torch.cuda.set_device(acc.device)  # load_policy puts this process's model on its own GPU
     if cfg.questions_per_step % world or cfg.minibatch_size % world:
         raise ValueError(
             f"questions_per_step={cfg.questions_per_step} and minibatch_size={cfg.minibatch_size} must be "
