@@ -218,9 +218,9 @@ def gae_advantages(
     r, v, m = token_rewards.double(), values.double(), mask.double()
     B, L = r.shape
     adv = torch.zeros_like(r)  # (B, L)
-    last_gae = torch.zeros(B, dtype=r.dtype)  # A_{k+1}
-    next_value = torch.zeros(B, dtype=r.dtype)  # V_{k+1}
-    pending = torch.zeros(B, dtype=r.dtype)  # rewards seen on skipped tokens after step k
+    last_gae = torch.zeros(B, dtype=r.dtype, device=r.device)  # A_{k+1}
+    next_value = torch.zeros(B, dtype=r.dtype, device=r.device)  # V_{k+1}
+    pending = torch.zeros(B, dtype=r.dtype, device=r.device)  # rewards seen on skipped tokens after step k
     for t in reversed(range(L)):
         step = m[:, t] > 0
         reward = r[:, t] + pending
