@@ -29,6 +29,14 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(PY) -m agentr1_nb demo --out $(DEMO_OUT) --json
 
+# The self-check on a GPU (README, GPU): one JSON line per phase, no hub needed (random weights of the preset's
+# architecture when its model is not cached). More presets: make gpu-check GPU_CHECK_PRESETS="colab_t4 a100".
+# A bare GPU box without a package index: scripts/gpu_check.sh instead.
+GPU_CHECK_PRESETS ?= colab_t4
+.PHONY: gpu-check
+gpu-check: setup
+	for p in $(GPU_CHECK_PRESETS); do $(PY) -m agentr1_nb check --preset $$p --json || exit $$?; done
+
 lint: setup
 	$(VENV)/bin/ruff check agentr1_nb tests
 	$(VENV)/bin/ruff format --check agentr1_nb tests

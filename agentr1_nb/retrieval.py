@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import bm25s
 import numpy as np
-import Stemmer
 
 from .common import hub_reachable
 from .config import RETRIEVERS, Config
@@ -66,6 +64,9 @@ class BM25Retriever:
     def __init__(self, passages: list[Passage]):
         if not passages:
             raise ValueError("BM25Retriever needs at least one passage")
+        import bm25s  # optional at import time: a GPU box may lack it until BM25 is built
+        import Stemmer
+
         self.passages = list(passages)
         self._stemmer = Stemmer.Stemmer("english")
         tokens = bm25s.tokenize(
@@ -83,6 +84,8 @@ class BM25Retriever:
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
+        import bm25s
+
         k = min(max(int(k), 0), len(self.passages))
         out: list[list[Hit]] = [[] for _ in queries]
         if k == 0 or not queries:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import Stemmer
-
 from .common import atomic_write_text
 from .config import Config
 from .data import (
@@ -75,6 +73,8 @@ class _Names:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.used: set[str] = set()
+        import Stemmer  # imported here so that `import agentr1_nb.world` works without it
+
         # PyStemmer is a dependency (BM25 stems with it too): a fallback without it would invent other names
         self.stem = Stemmer.Stemmer("english").stemWord
 

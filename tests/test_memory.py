@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from agentr1_nb.config import Config, get_config
+from agentr1_nb.config import PRESETS, Config, get_config
 from agentr1_nb.memory import (
     GB,
+    PRESET_GPU_GB,
     QWEN25_3B_CONFIG,
+    budget_peak_gb,
     linear_shapes,
     lora_param_count,
     memory_budget,
@@ -49,7 +51,8 @@ def test_memory_budget_of_qwen25_3b_on_a_t4():
     assert b["activations_no_ckpt_gb"] > 15
     assert b["rollout_peak_gb"] < 15
     assert set(b["phases"]) == {
-        "rollout",
+        "rollout, prefill",
+        "rollout, merge",
         "train, chunked logits",
         "train, naive logits",
         "train, no checkpointing",
@@ -65,4 +68,112 @@ def test_lora_count_of_named_targets_and_phase_totals():
     b = memory_budget(QWEN25_3B_CONFIG, Config(load_in_4bit=False, compute_dtype="bf16"))
     assert b["params_quantized"] == 0 and b["params_16bit"] == b["params_total"]
     assert b["weights_gb"] == pytest.approx(2 * b["params_total"] / GB)
-    assert b["rollout_peak_gb"] == pytest.approx(sum(b["phases"]["rollout"].values()))
+    moments = [sum(b["phases"][p].values()) for p in ("rollout, prefill", "rollout, merge")]
+    assert b["rollout_peak_gb"] == pytest.approx(max(moments))
+    for name in ("train, chunked logits", "train, naive logits"):
+        assert b["phases"][name]["weights"] == pytest.approx(b["weights_gb"])
+    assert b["train_peak_naive_gb"] == pytest.approx(sum(b["phases"]["train, naive logits"].values()))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_GPU_GB))
+def test_gpu_presets_fit_their_gpu(preset):
+    """Every GPU preset's rollout, evaluation and training peaks fit the GPU it is sized for, with room for
+    the CUDA context and fragmentation (which the budget leaves out)."""
+    assert preset in PRESETS
+    gpu = PRESET_GPU_GB[preset]
+    b = memory_budget(QWEN25_3B_CONFIG, get_config(preset))
+    assert b["rollout_peak_gb"] < gpu and b["train_peak_gb"] < gpu and b["eval_rollout_peak_gb"] < gpu
+    assert budget_peak_gb(b) < 0.9 * gpu
+    cfg = get_config(preset)
+    assert cfg.group_size == 5 and cfg.max_turns == 5  # the paper's group size and turn limit
+
+
+def test_second_kv_cache_of_split_and_merge():
+    """`KVBatch.split` / `merge` copy the cache while the old one is alive: one more KV cache, which scales
+    with the rollout batch and the trajectory length like the cache itself."""
+    cfg = get_config("colab_t4")
+    b = memory_budget(QWEN25_3B_CONFIG, cfg)
+    rows = cfg.questions_per_step * cfg.group_size
+    assert b["kv_copy_gb"] == pytest.approx(b["kv_cache_gb"])
+    assert b["kv_cache_gb"] == pytest.approx(rows * cfg.max_total_tokens * 36 * 1024 / GB)
+    merge = b["phases"]["rollout, merge"]
+    assert merge["KV copy (split/merge)"] == pytest.approx(b["kv_copy_gb"])
+    assert b["rollout_peak_gb"] >= b["weights_gb"] + b["lora_state_gb"] + 2 * b["kv_cache_gb"] - 1e-9
+    doubled = memory_budget(QWEN25_3B_CONFIG, cfg.replace(questions_per_step=2 * cfg.questions_per_step))
+    assert doubled["kv_copy_gb"] == pytest.approx(2 * b["kv_copy_gb"])
+    longer = memory_budget(QWEN25_3B_CONFIG, cfg.replace(max_total_tokens=2 * cfg.max_total_tokens))
+    assert longer["kv_copy_gb"] == pytest.approx(2 * b["kv_copy_gb"])
+
+
+def test_repeat_kv_of_the_grouped_query_prefill():
+    """One layer's K and V expanded from kv_heads to heads over the whole cached length (16 / 2 for
+    Qwen2.5-3B); zero without grouped-query attention; in the prefill moment of the rollout only."""
+    cfg = get_config("colab_t4")
+    b = memory_budget(QWEN25_3B_CONFIG, cfg)
+    rows = cfg.questions_per_step * cfg.group_size
+    assert b["repeat_kv_gb"] == pytest.approx(2 * rows * cfg.max_total_tokens * 16 * 128 * 2 / GB)
+    # 8x the cache's per-layer K/V (16 heads for 2 kv heads)
+    assert b["repeat_kv_gb"] == pytest.approx(8 * b["kv_cache_gb"] / 36)
+    assert b["phases"]["rollout, prefill"]["repeat_kv (prefill)"] == pytest.approx(b["repeat_kv_gb"])
+    assert "repeat_kv (prefill)" not in b["phases"]["rollout, merge"]
+    mha = memory_budget({**QWEN25_3B_CONFIG, "num_key_value_heads": 16}, cfg)
+    assert mha["repeat_kv_gb"] == 0
+    fewer = memory_budget(QWEN25_3B_CONFIG, cfg.replace(group_size=cfg.group_size - 1))
+    assert fewer["repeat_kv_gb"] == pytest.approx(b["repeat_kv_gb"] * (rows - cfg.questions_per_step) / rows)
+
+
+def test_repeat_kv_runs_on_a_masked_prefill_not_on_decoding(monkeypatch):
+    """The assumption behind the repeat_kv term, on the installed transformers: with a padding mask, a
+    prefill of several tokens expands K/V to every head; decoding one token does not."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.integrations import sdpa_attention
+
+    from agentr1_nb.kvcache import cache_kwarg
+
+    calls = []
+    real = sdpa_attention.repeat_kv
+
+    def counting(x, n_rep):
+        calls.append((tuple(x.shape), n_rep))
+        return real(x, n_rep)
+
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", counting)
+    torch.manual_seed(0)
+    mc = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(mc).eval()
+    ids = torch.randint(64, (2, 6))
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        assert calls and calls[0][1] == 2  # the prefill: K and V of every cached column, 2 -> 4 heads
+        calls.clear()
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+        kw = {cache_kwarg(model): out.past_key_values}
+        model(input_ids=ids[:, :1], attention_mask=mask, use_cache=True, **kw)
+    assert not calls
+
+
+def test_entropy_tensors_only_with_an_entropy_bonus():
+    """`token_logprobs(with_entropy=True)` runs only when entropy_coef > 0; it holds two more fp32
+    vocabulary-sized tensors per chunk of logits."""
+    cfg = get_config("colab_t4")
+    off = memory_budget(QWEN25_3B_CONFIG, cfg)
+    on = memory_budget(QWEN25_3B_CONFIG, cfg.replace(entropy_coef=0.01))
+    assert off["entropy_gb"] == 0 and "entropy" not in off["phases"]["train, chunked logits"]
+    chunk_tokens = cfg.micro_batch_size * cfg.logprob_chunk
+    assert on["entropy_gb"] == pytest.approx(2 * chunk_tokens * 151936 * 4 / GB)
+    assert on["entropy_gb"] == pytest.approx(2 / 3 * on["logits_chunked_gb"])
+    assert on["train_peak_gb"] == pytest.approx(off["train_peak_gb"] + on["entropy_gb"])
+    assert on["phases"]["train, chunked logits"]["entropy"] == pytest.approx(on["entropy_gb"])
+    assert on["rollout_peak_gb"] == pytest.approx(off["rollout_peak_gb"])
+    bigger = memory_budget(QWEN25_3B_CONFIG, cfg.replace(entropy_coef=0.01, logprob_chunk=256))
+    assert bigger["entropy_gb"] == pytest.approx(2 * on["entropy_gb"])
