@@ -10,8 +10,10 @@ Presets:
   the CPU, the generated fictional world, zero-shot prompt after a short supervised warm-up, small batches,
   no KL term. This is what ``make demo`` runs.
 - ``colab_t4``: Qwen2.5-3B-Instruct in 4-bit NF4 + LoRA, fp16 compute (a T4 has no bf16), batch sizes that
-  fit 15 GB, HotpotQA.
-- ``a100``: the same model with bf16 compute and the paper's group size and turn limits at larger batch.
+  fit 15 GB by `memory.memory_budget` (~8.6 GB at the rollout's peak), HotpotQA.
+- ``a100``: the same model with bf16 compute, the paper's group size (5), turn limit (5) and tokens per turn
+  (1,024), 8 questions per step: fits a 40 GB A100 by `memory.memory_budget` (rollout ~27 GB at its peak).
+- ``a100_80gb``: ``a100`` with twice the questions per step and micro-batch for an 80 GB A100 (~51 GB).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ Algo = Literal["grpo", "rloo", "reinforce++", "reinforce++_baseline", "ppo"]
 KlEstimator = Literal["low_var_kl", "kl", "mse"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 Method = Literal["naive_rag", "tool_call", "agent"]
+OldLogprobs = Literal["auto", "sampler", "recompute"]
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -48,6 +51,7 @@ ALGOS: tuple[str, ...] = get_args(Algo)
 KL_ESTIMATORS: tuple[str, ...] = get_args(KlEstimator)
 LOSS_AGGS: tuple[str, ...] = get_args(LossAgg)
 METHODS: tuple[str, ...] = get_args(Method)
+OLD_LOGPROBS: tuple[str, ...] = get_args(OldLogprobs)
 GROUP_ALGOS = ("grpo", "rloo", "reinforce++_baseline")
 """Estimators whose baseline is the group: with group_size 1 their advantages are always zero."""
 
@@ -57,11 +61,16 @@ def default_cache_dir() -> str:
 
 
 def default_data_dir() -> str:
-    """Where the real dataset samples live: $AGENTR1_DATA, else ../shared/data beside the repository."""
+    """Where the real dataset samples live: $AGENTR1_DATA; else ../shared/data beside the repository when it
+    exists (a source checkout); else `<cache_dir>/data` (an installed package, e.g. on Colab, where the folder
+    beside the package would be inside site-packages). A missing sample falls back to the hub when online."""
     env = os.environ.get("AGENTR1_DATA")
     if env:
         return env
-    return str(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if beside.is_dir():
+        return str(beside)
+    return str(Path(default_cache_dir()) / "data")
 
 
 @dataclass
@@ -83,10 +92,22 @@ class Config:
     """Dropout on the LoRA input. 0 keeps rollout and training log-probs identical."""
     lora_target_modules: str = "all-linear"
     """Comma-separated module names, or "all-linear" for every linear projection except the output head."""
+    lora_top_layers: int = 0
+    """Put LoRA on the top N decoder layers only (0 = every layer). The backward pass then stops at the lowest
+    adapted layer and the layers below keep no activations: with half the layers, about half the backward
+    time and activation memory."""
     cache_dir: str = field(default_factory=default_cache_dir)
     """Where the converted CPU default model and retrieval indexes are cached."""
     logprob_chunk: int = 256
     """Time steps per chunk when computing token log-probs (bounds the fp32 logits held at once)."""
+    fp32_modules: str = ""
+    """Comma-separated modules kept out of 4-bit and computed in fp32: the fp16 remedy for Qwen2.5, trained in
+    bf16, whose early MLPs overflow fp16 (gate x up exceeds 65,504; QwenLM #826/#868, vLLM #14126). Names
+    match as bitsandbytes' `llm_int8_skip_modules` (where they go, with "lm_head"): a prefix from the start
+    ending at a module boundary ("model.layers.0.mlp") or a suffix ("down_proj"). Each module gets fp32
+    weights, runs with autocast off, and its output is clamped to the compute dtype's finite range before the
+    cast back. Costs 4 bytes per parameter (a Qwen2.5-3B MLP: 68M parameters, 0.27 GB; 0.04 GB in NF4).
+    Empty (default): none. Like Unsloth's dynamic 4-bit checkpoints, which keep a few whole MLPs unquantised."""
 
     # ---------------------------------------------------------------- data / retrieval
     dataset: Dataset = "generated"
@@ -96,7 +117,7 @@ class Config:
     corpus_path: str = ""
     """Optional passage file ({title, text} JSON list); empty means the union of the questions' passages."""
     data_dir: str = field(default_factory=default_data_dir)
-    """Directory of the real dataset samples (default $AGENTR1_DATA or ../shared/data)."""
+    """Directory of the real dataset samples (default $AGENTR1_DATA, else ../shared/data, else <cache_dir>/data)."""
     world_seed: int = 0
     """Seed of the generated fictional world (entities, passages, questions)."""
     world_entities: int = 60
@@ -159,10 +180,12 @@ class Config:
     """Coefficient of the KL to the reference policy (adapter disabled); 0 turns it off."""
     kl_estimator: KlEstimator = "low_var_kl"
     """"low_var_kl" (k3, the paper's), "kl" (k1) or "mse" (k2)."""
-    recompute_old_logprobs: bool = False
-    """Recompute log pi_old with a full forward pass before the update instead of using the sampler's log-probs
-    (they agree up to the small numerical gap between cached decoding and a full forward; recomputing costs
-    one extra forward pass per step). Always on when temperature != 1."""
+    old_logprobs: OldLogprobs = "auto"
+    """Where log pi_old comes from: "sampler" (the log-probs recorded while sampling, no extra pass),
+    "recompute" (one full forward pass before the update, as verl does), or "auto": recompute wherever the
+    sampler and the training pass compute differently (a 4-bit base: bitsandbytes' fused inference kernel vs
+    dequantise + matmul; 16-bit compute: cached decoding vs a full pass, 0.047 nats apart on average in
+    bf16), use the sampler's in fp32 (first ratio within 1e-3 of 1)."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
     loss_agg: LossAgg = "token_mean"
@@ -229,7 +252,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A deliberately short supervised warm-up (6 steps x 8 gold episodes) teaches the tool-call format but
     # not when to stop: the greedy warm-started policy searches until the turn limit (EM ~0), and GRPO has to
     # learn to answer, and what, from the reward. lr 5e-4 is the rate measured over 3 seeds in the README
-    # (2e-4 looked alike over the 3 steps it was run; lower rates were not tried).
+    # (2e-4 looked alike over the 3 steps it was run; lower rates were not tried). LoRA on the top 15 of the
+    # 30 layers: the backward stops halfway (measured on 2 x ~500 tokens, one thread: forward + backward
+    # 14.1 s -> 10.2 s) and the lower layers keep no activations; evaluation 25 episodes at a time bounds the
+    # KV cache (50 x 1,024 tokens would be 2.4 GB in fp32).
     "cpu_demo": dict(
         prompt_style="zero_shot",
         top_k=2,
@@ -242,13 +268,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         micro_batch_size=4,
         kl_coef=0.0,
         lr=5e-4,
+        lora_top_layers=15,
         eval_questions=100,
-        eval_batch_size=50,
+        eval_batch_size=25,
     ),
     "colab_t4": dict(
         model="Qwen/Qwen2.5-3B-Instruct",
         load_in_4bit=True,
         compute_dtype="fp16",
+        # the fp16 remedy: the first four MLPs (where early-layer outliers arise) in fp32, +0.94 GB
+        fp32_modules="model.layers.0.mlp,model.layers.1.mlp,model.layers.2.mlp,model.layers.3.mlp",
         gradient_checkpointing=True,
         dataset="hotpotqa",
         top_k=5,
@@ -266,7 +295,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=16,
         logprob_chunk=128,
     ),
+    # 40 GB by memory.memory_budget: rollout 26.7 GB at its peak (a second KV cache while rows split and
+    # merge), training 23.0 GB (micro-batches of 4 x 8,192 tokens), evaluation 26.7 GB (40 greedy rows).
     "a100": dict(
+        model="Qwen/Qwen2.5-3B-Instruct",
+        load_in_4bit=True,
+        compute_dtype="bf16",
+        gradient_checkpointing=True,
+        dataset="hotpotqa",
+        top_k=5,
+        max_turns=5,
+        max_tokens_per_turn=1024,
+        max_total_tokens=8192,
+        group_size=5,
+        questions_per_step=8,
+        minibatch_size=20,
+        micro_batch_size=4,
+        lr=1e-5,
+        steps=300,
+        save_every=10,
+        eval_questions=500,
+        eval_batch_size=40,
+    ),
+    # 80 GB: rollout 50.9 GB at its peak, training 43.5 GB (8 x 8,192 tokens), evaluation 41.2 GB (64 rows).
+    "a100_80gb": dict(
         model="Qwen/Qwen2.5-3B-Instruct",
         load_in_4bit=True,
         compute_dtype="bf16",
@@ -295,6 +347,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "lora_r": (1, _INF, "[)"),
     "lora_alpha": (0, _INF, "()"),
     "lora_dropout": (0, 1, "[)"),
+    "lora_top_layers": (0, _INF, "[)"),
     "logprob_chunk": (1, _INF, "[)"),
     "world_seed": (0, _INF, "[)"),
     "world_entities": (8, _INF, "[)"),

@@ -131,6 +131,17 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
     }
 
 
+MULTIHOP_KINDS = ("bridge", "3hop")
+"""The kinds that need a second search: a bridge entity read from one passage names the next query."""
+
+
+def multihop_em(records: list[dict], seed: int = 0) -> tuple[float, list[float], int]:
+    """(EM, 95% bootstrap interval, n) over the bridge and 3-hop questions pooled."""
+    em = [r["em"] for r in records if r.get("kind") in MULTIHOP_KINDS]
+    lo, hi = bootstrap_ci(em, seed=seed)
+    return (float(np.mean(em)) if em else float("nan")), [lo, hi], len(em)
+
+
 def em_by_kind(records: list[dict]) -> dict[str, float]:
     """Mean EM per question kind (single / bridge / comparison / 3hop ...), for the records that have one."""
     kinds: dict[str, list[float]] = {}

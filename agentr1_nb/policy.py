@@ -22,6 +22,7 @@ import functools
 import importlib.util
 import json
 import shutil
+import types
 from pathlib import Path
 
 import torch
@@ -191,16 +192,118 @@ def load_tokenizer(cfg: Config):
     return tok
 
 
-def lora_targets(cfg: Config) -> str | list[str]:
-    if cfg.lora_target_modules == "all-linear":
+def lora_targets(cfg: Config, model=None) -> str | list[str]:
+    """peft's `target_modules`. "all-linear" with `lora_top_layers` becomes the list of the decoder's linear
+    layer names (peft takes `layers_to_transform` with a list only)."""
+    if cfg.lora_target_modules != "all-linear":
+        return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+    if cfg.lora_top_layers <= 0 or model is None:
         return "all-linear"
-    return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+    head = model.get_output_embeddings()  # bitsandbytes' Linear4bit is an nn.Linear too
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head and ".layers." in f".{name}"
+        }
+    )
+
+
+def lora_layers(cfg: Config, num_layers: int) -> list[int] | None:
+    """Indices of the decoder layers that get LoRA: the top `cfg.lora_top_layers` (None: all of them)."""
+    if cfg.lora_top_layers <= 0 or cfg.lora_top_layers >= num_layers:
+        return None
+    return list(range(num_layers - cfg.lora_top_layers, num_layers))
+
+
+def fp32_module_patterns(cfg: Config) -> list[str]:
+    """`cfg.fp32_modules` as a list of module names (empty: the remedy is off)."""
+    return [m.strip() for m in cfg.fp32_modules.split(",") if m.strip()]
+
+
+def _quantization_kwargs(cfg: Config, dtype: torch.dtype) -> dict:
+    """The `from_pretrained` kwargs of the 4-bit load ({} without it): NF4 with double quantisation computing
+    in `dtype`, `cfg.fp32_modules` and the output head kept out of 4-bit, on this process's GPU."""
+    if not cfg.load_in_4bit:
+        return {}
+    skip = fp32_module_patterns(cfg)
+    extra = {"llm_int8_skip_modules": ["lm_head", *skip]} if skip else {}  # a list replaces the default skips
+    kwargs: dict = {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            **extra,
+        )
+    }
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this process's GPU (train sets it)
+    return kwargs
+
+
+def _name_matches(name: str, patterns: list[str]) -> bool:
+    """bitsandbytes' rule for `llm_int8_skip_modules`: the pattern from the start up to a module boundary, or
+    a suffix of the name."""
+    return any(name == p or name.startswith(p + ".") or name.endswith(p) for p in patterns)
+
+
+def _fp32_forward(self, *args, **kwargs):
+    """The forward of a module computed in fp32 (see `compute_in_fp32`)."""
+    x = next((a for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.is_floating_point()), None)
+    dtype = x.dtype if x is not None else torch.float32
+
+    def up(a):
+        if isinstance(a, tuple):  # e.g. (cos, sin) position embeddings
+            return tuple(up(b) for b in a)
+        return a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+
+    device_type = x.device.type if x is not None else "cpu"
+    with torch.autocast(device_type=device_type, enabled=False):
+        out = type(self).forward(self, *map(up, args), **{k: up(v) for k, v in kwargs.items()})
+    return _back_to(out, dtype)
+
+
+def _back_to(out, dtype: torch.dtype):
+    """Cast floating outputs back to `dtype`, clamped to its finite range (an overflow becomes +-max, not inf)."""
+    if torch.is_tensor(out) and out.is_floating_point() and out.dtype != dtype:
+        big = torch.finfo(dtype).max
+        return out.clamp(-big, big).to(dtype)
+    if isinstance(out, tuple):
+        return tuple(_back_to(o, dtype) for o in out)
+    return out
+
+
+def compute_in_fp32(model, patterns: list[str]) -> list[str]:
+    """Compute the modules named by `patterns` in fp32; returns their names (the outermost matches).
+
+    Each gets fp32 weights and a forward that upcasts its inputs, switches autocast off, and casts the
+    output back to the input's dtype, clamped to its finite range. The forward is a method bound to the
+    module, so copies of the model keep it; a LoRA layer wrapped around a matched linear layer calls it.
+    Meant for MLP blocks and linear layers: an attention module would write fp32 keys into a 16-bit KV cache.
+    """
+    done: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(d + ".") for d in done) or not _name_matches(name, patterns):
+            continue
+        module.float()
+        module.forward = types.MethodType(_fp32_forward, module)
+        done.append(name)
+    if not done:
+        names = [n for n, _ in model.named_modules() if n][:6]
+        raise ValueError(f"fp32_modules={','.join(patterns)!r} names no module of the model (e.g. {names})")
+    return done
 
 
 def load_policy(cfg: Config, adapter: str | Path | None = None):
     """Return `(model, tokenizer)`: the base model (4-bit NF4 if `cfg.load_in_4bit`) with a LoRA adapter.
 
     `adapter` loads saved LoRA weights (a folder written by `model.save_pretrained`) instead of a fresh one.
+
+    The fp16 remedy (`cfg.fp32_modules`, on in `colab_t4`): Qwen2.5 was trained in bf16 and a few of its
+    MLPs overflow fp16 (the product gate x up passes 65,504, then inf and NaN logits). The named modules are
+    kept out of 4-bit (bitsandbytes' `llm_int8_skip_modules`, with the output head) and computed in fp32
+    (`compute_in_fp32`), their outputs clamped to the fp16 range; everything else stays 4-bit / fp16.
 
     Departure from the usual QLoRA recipe: we do not call peft's `prepare_model_for_kbit_training`, which
     casts every non-quantised weight to fp32. For Qwen2.5-3B that is the 311M-parameter embedding (tied to
@@ -217,22 +320,15 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
     tok = load_tokenizer(cfg)
     path = resolve_model_path(cfg)
     dtype = compute_dtype(cfg)
-    kwargs: dict = {"dtype": dtype, **_pretrained_kwargs(path)}
-    if cfg.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": torch.cuda.current_device()}  # this process's GPU (train sets it)
+    kwargs: dict = {"dtype": dtype, **_pretrained_kwargs(path), **_quantization_kwargs(cfg, dtype)}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise _offline_error(cfg.model, e) from e
     if not cfg.load_in_4bit and torch.cuda.is_available():
         model = model.to(torch.cuda.current_device())
+    if fp32_module_patterns(cfg):
+        compute_in_fp32(model, fp32_module_patterns(cfg))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     for p in model.parameters():
@@ -247,7 +343,8 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(cfg),
+            target_modules=lora_targets(cfg, model),
+            layers_to_transform=lora_layers(cfg, model.config.num_hidden_layers),
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
@@ -332,6 +429,7 @@ def token_logprobs(
     chunk: int = 256,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    positions: torch.Tensor | None = None,
 ):
     """log p(x_t | x_<t) for t = 1..T-1, without holding the full (B, T, V) fp32 logits.
 
@@ -341,6 +439,10 @@ def token_logprobs(
     log-softmax run over `chunk` time steps at a time. When gradients are on, each chunk runs under
     non-reentrant activation checkpointing, so the backward pass also rebuilds one chunk of logits at a
     time instead of keeping all of them alive. Peak vocabulary-sized memory: about 3 x B x chunk x V x 4 bytes.
+
+    `positions` (B, T-1) bool, optional: the time steps whose log-probs are needed (training needs the
+    action tokens only). The output head then runs on those steps alone (0.0 elsewhere): for SmolLM2-135M
+    the head is a fifth of the forward's FLOPs per token, and action tokens are a fifth of a trajectory.
 
     `temperature` divides the logits, to match log-probs of a sampler that used that temperature (pass
     `cfg.temperature` for the ratio, the KL and the entropy); <= 0 means greedy and leaves them undivided,
@@ -352,20 +454,43 @@ def token_logprobs(
         attention_mask = torch.ones_like(input_ids)
     hidden = final_hidden(model, input_ids, attention_mask)[:, :-1]  # (B, T-1, H): state t-1 predicts token t
     targets = input_ids[:, 1:]  # (B, T-1)
+    valid = valid_targets(attention_mask)  # (B, T-1)
     use_ckpt = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters())
     )
+    if positions is not None:  # only the wanted steps, flattened: (N, H), (N,)
+        keep = positions.bool() & valid
+        hidden, targets = hidden[keep], targets[keep]
+        step = chunk * input_ids.shape[0]  # as many rows per chunk as B x chunk time steps
+    else:
+        step = chunk
     logps, ents = [], []
-    for s in range(0, targets.shape[1], chunk):
-        args = (head, hidden[:, s : s + chunk], targets[:, s : s + chunk], temperature, with_entropy)
+    for s in range(0, targets.shape[-1], step):
+        if positions is not None:
+            h, tg = hidden[s : s + step], targets[s : s + step]  # (n, H), (n,)
+        else:
+            h, tg = hidden[:, s : s + step], targets[:, s : s + step]  # (B, c, H), (B, c)
+        args = (head, h, tg, temperature, with_entropy)
         res = checkpoint(_logprob_chunk, *args, use_reentrant=False) if use_ckpt else _logprob_chunk(*args)
         if with_entropy:
             logps.append(res[0])
             ents.append(res[1])
         else:
             logps.append(res)
-    valid = valid_targets(attention_mask)
+    if positions is not None:
+        logp = _scatter(keep, logps, hidden)
+        if not with_entropy:
+            return logp
+        return logp, _scatter(keep, ents, hidden)
     logp = torch.where(valid, torch.cat(logps, dim=1), 0.0)  # (B, T-1)
     if not with_entropy:
         return logp
     return logp, torch.where(valid, torch.cat(ents, dim=1), 0.0)
+
+
+def _scatter(keep: torch.Tensor, parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Put the (N,) values computed at `keep`'s True entries back into a (B, T-1) float32 tensor of zeros."""
+    out = torch.zeros(keep.shape, dtype=torch.float32, device=like.device)  # (B, T-1)
+    if parts:
+        out = out.masked_scatter(keep, torch.cat(parts))
+    return out

@@ -12,10 +12,17 @@ import warnings
 from pathlib import Path
 
 from .baselines import naive_rag, tool_call
-from .common import atomic_write_json, check_writable_dir, mean, peak_memory_mb, set_seed
+from .common import atomic_write_json, check_writable_dir, maxrss_bytes, mean, peak_memory_mb, set_seed
 from .config import METHODS, Config
 from .env import ToolEnv, build_task
-from .evaluate import SUMMARY_KEYS, check_coverage, evaluate_agent, load_eval_questions, summarize
+from .evaluate import (
+    SUMMARY_KEYS,
+    check_coverage,
+    evaluate_agent,
+    load_eval_questions,
+    multihop_em,
+    summarize,
+)
 from .policy import load_policy
 from .prompts import check_prompt_style
 from .retrieval import build_retriever
@@ -46,22 +53,35 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     task = build_task(cfg, tok)
     eval_ex = task.eval[: cfg.eval_questions]
     warm = sft_warmup(model, tok, task, cfg)
-    before, _ = evaluate_agent(
+    before, before_records = evaluate_agent(
         model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
     )
     history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
-    after, _ = evaluate_agent(
+    after, after_records = evaluate_agent(
         model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
     )
     rewards = [m["reward"] for m in history]
+    mh_before, mh_before_ci, mh_n = multihop_em(before_records, seed=cfg.seed)
+    mh_after, mh_after_ci, _ = multihop_em(after_records, seed=cfg.seed)
     report = {
         "em_before": before["em"],
         "em_before_ci95": before["em_ci95"],
         "em_after": after["em"],
         "em_after_ci95": after["em_ci95"],
+        "em_by_kind_before": before["em_by_kind"],
+        "em_by_kind_after": after["em_by_kind"],
+        "multihop_em_before": mh_before,
+        "multihop_em_before_ci95": mh_before_ci,
+        "multihop_em_after": mh_after,
+        "multihop_em_after_ci95": mh_after_ci,
+        "multihop_n": mh_n,
+        "mean_searches_before": before["mean_searches"],
+        "mean_searches_after": after["mean_searches"],
         "reward_first": mean(rewards[:5]),
         "reward_last": mean(rewards[-5:]),
         "steps": len(history),
+        "seconds_per_step": mean([m["step_s"] for m in history]),
+        "peak_rss_mb": round(maxrss_bytes() / 2**20, 1),
         "minutes": round((time.time() - t0) / 60, 2),
         "seed": cfg.seed,
     }

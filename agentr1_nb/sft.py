@@ -79,7 +79,7 @@ def sft_warmup(
                 act[i, : len(x) - 1] = torch.tensor(m[1:], dtype=torch.float)
             device = next(model.parameters()).device  # a GPU model takes GPU batches
             ids, am, act = ids.to(device), am.to(device), act.to(device)
-            logp = token_logprobs(model, ids, am, chunk=cfg.logprob_chunk)  # (b, T-1)
+            logp = token_logprobs(model, ids, am, chunk=cfg.logprob_chunk, positions=act > 0)  # (b, T-1)
             loss = -(logp * act).sum() / max(n_act, 1)
             loss.backward()
             total += loss.item()

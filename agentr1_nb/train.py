@@ -23,9 +23,10 @@ explicitly instead.
 
 Departures from the paper's training code (verl-based, 4 GPUs):
 - LoRA (optionally on a 4-bit NF4 base) instead of full fine-tuning, so the learning rate is larger.
-- `old_logp` is the sampler's log-prob of each action token (recorded during the rollout) unless
-  `recompute_old_logprobs` recomputes it with a full forward pass (as verl does), which removes the gap
-  between cached decoding and the training forward (bf16, 4-bit kernels) at the cost of one more pass.
+- `old_logp` is recomputed with a full forward pass (as verl does) wherever the sampler and the training
+  pass compute differently (a 4-bit base, 16-bit compute: `old_logprobs="auto"`); in fp32 the sampler's
+  recorded log-probs are used as they are (the first ratio is 1 to within 1e-3) and the pass is saved.
+- The output head runs on the tokens the loss reads (action tokens under the loss mask) only.
 - PPO's critic is a linear value head on the policy's final hidden states (a shared backbone with a
   separate head, trained by its own loss), not a second 3B model.
 - A NaN/inf loss or gradient skips the update and is logged; after `max_bad_steps` the run stops and the
@@ -213,21 +214,24 @@ def train(
 
                 # 4. old and reference log-probs (and PPO's old values), micro-batch by micro-batch
                 t1 = time.perf_counter()
+                batch["loss_weight"] = algos.loss_token_mask(
+                    batch["action_mask"], batch["response_mask"], cfg.loss_mask
+                )  # (B, L): the tokens the loss reads; micro-batches weigh by their share of them
                 with torch.no_grad():
-                    if cfg.recompute_old_logprobs:
+                    if recompute_old_logprobs(cfg):
                         batch["old_logprobs"] = _per_micro_batch(
-                            batch, cfg, lambda ids, am: _logprobs(model, ids, am, cfg)
+                            batch, cfg, lambda ids, am, pos: _logprobs(model, ids, am, cfg, pos)
                         )
                     batch["ref_logprobs"] = None
                     if cfg.kl_coef > 0:
                         with reference(model):
                             batch["ref_logprobs"] = _per_micro_batch(
-                                batch, cfg, lambda ids, am: _logprobs(model, ids, am, cfg)
+                                batch, cfg, lambda ids, am, pos: _logprobs(model, ids, am, cfg, pos)
                             )
                     batch["old_values"] = None
                     if value_head is not None:
                         batch["old_values"] = _per_micro_batch(
-                            batch, cfg, lambda ids, am: _values(model, value_head, ids, am)
+                            batch, cfg, lambda ids, am, pos: _values(model, value_head, ids, am)
                         )
                 t_logp = time.perf_counter() - t1
 
@@ -244,9 +248,7 @@ def train(
                     gamma=cfg.gamma,
                     lam=cfg.lam,
                 )  # (B, L) each
-                loss_weight = algos.loss_token_mask(
-                    batch["action_mask"], batch["response_mask"], cfg.loss_mask
-                )  # (B, L): micro-batches weigh by their share of these tokens
+                loss_weight = batch["loss_weight"]
 
                 # 6. the update: epochs x minibatches x micro-batches (gradient accumulation)
                 t2 = time.perf_counter()
@@ -383,9 +385,20 @@ def _hidden_size(model) -> int:
     return base.config.hidden_size
 
 
-def _logprobs(model, ids, am, cfg: Config) -> torch.Tensor:
-    """log pi(token t | < t) at the sampling temperature, (b, T-1)."""
-    return token_logprobs(model, ids, am, chunk=cfg.logprob_chunk, temperature=cfg.temperature)
+def recompute_old_logprobs(cfg: Config) -> bool:
+    """Whether log pi_old is recomputed by a full forward pass instead of taken from the sampler: always
+    for "recompute", never for "sampler"; for "auto" wherever the sampler's arithmetic differs from the
+    training pass's (a 4-bit base or 16-bit compute)."""
+    if cfg.old_logprobs != "auto":
+        return cfg.old_logprobs == "recompute"
+    return cfg.load_in_4bit or compute_dtype(cfg) != torch.float32
+
+
+def _logprobs(model, ids, am, cfg: Config, positions=None) -> torch.Tensor:
+    """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only."""
+    return token_logprobs(
+        model, ids, am, chunk=cfg.logprob_chunk, temperature=cfg.temperature, positions=positions
+    )
 
 
 def _values(model, value_head, ids, am) -> torch.Tensor:
@@ -401,7 +414,13 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config):
     ids, am = micro["input_ids"], micro["attention_mask"]
     want_entropy = cfg.entropy_coef > 0
     out = token_logprobs(
-        model, ids, am, chunk=cfg.logprob_chunk, temperature=cfg.temperature, with_entropy=want_entropy
+        model,
+        ids,
+        am,
+        chunk=cfg.logprob_chunk,
+        temperature=cfg.temperature,
+        with_entropy=want_entropy,
+        positions=micro["loss_weight"] > 0,
     )
     logp, entropy = out if want_entropy else (out, None)
     loss, metrics = algos.policy_loss(
@@ -425,6 +444,7 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config):
         if act.any():
             metrics["first_ratio_mean"] = float(ratio[act].mean())
             metrics["first_ratio_max"] = float((ratio[act] - 1).abs().max() + 1)
+            metrics["first_clip_frac"] = float(((ratio[act] - 1).abs() > cfg.clip_eps).float().mean())
     if value_head is not None:
         vl = algos.value_loss(
             _values(model, value_head, ids, am),
@@ -445,15 +465,14 @@ def _trim(ids: torch.Tensor, am: torch.Tensor):
 
 
 def _per_micro_batch(batch: dict, cfg: Config, fn) -> torch.Tensor:
-    """fn(ids, am) -> (b, t-1) over micro-batches of the trimmed rows, padded back to (B, T-1)."""
+    """fn(ids, am, positions) -> (b, t-1) over micro-batches of the trimmed rows, padded back to (B, T-1);
+    `positions` are the loss's tokens (`batch["loss_weight"] > 0`) in the trimmed layout."""
     B, T = batch["input_ids"].shape
     parts = []
     for i in range(0, B, cfg.micro_batch_size):
-        ids, am = _trim(
-            batch["input_ids"][i : i + cfg.micro_batch_size],
-            batch["attention_mask"][i : i + cfg.micro_batch_size],
-        )
-        x = fn(ids, am)
+        rows = slice(i, i + cfg.micro_batch_size)
+        ids, am = _trim(batch["input_ids"][rows], batch["attention_mask"][rows])
+        x = fn(ids, am, batch["loss_weight"][rows, : ids.shape[1] - 1] > 0)
         parts.append(torch.nn.functional.pad(x, (0, T - 1 - x.shape[1])))
     return torch.cat(parts)  # (B, T-1)
 

@@ -202,6 +202,50 @@ def test_chunked_logprobs_equal_naive_with_grad(chunk):
     assert (chunked[0] < 0).all()
 
 
+@pytest.mark.parametrize("chunk", [1, 64])
+def test_logprobs_at_positions_equal_the_full_ones_with_grad(chunk):
+    """The head run on the wanted steps only gives the same log-probs, entropies and LoRA gradients there,
+    and exactly 0 elsewhere (padding included)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    _perturb_lora(model, scale=0.1)
+    ids, mask = _padded_batch(300)
+    pos = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) > 0.4  # (B, T-1)
+    keep = pos & policy.valid_targets(mask)
+
+    full, ent_full = token_logprobs(model, ids, mask, chunk=chunk, temperature=0.7, with_entropy=True)
+    ((full * keep).sum() + 0.1 * (ent_full * keep).sum()).backward()
+    g_full = _lora_grads(model)
+    model.zero_grad()
+    part, ent = token_logprobs(
+        model, ids, mask, chunk=chunk, temperature=0.7, with_entropy=True, positions=pos
+    )
+    (part.sum() + 0.1 * ent.sum()).backward()
+    g_part = _lora_grads(model)
+
+    assert part.shape == (3, 10) and part.dtype == torch.float32 and keep.any() and (~keep).any()
+    assert torch.allclose(part[keep], full[keep], atol=1e-6) and (part[~keep] == 0).all()
+    assert torch.allclose(ent[keep], ent_full[keep], atol=1e-6) and (ent[~keep] == 0).all()
+    for n in g_full:
+        assert torch.allclose(g_part[n], g_full[n], atol=1e-6, rtol=1e-5), n
+    none = token_logprobs(model, ids, mask, positions=torch.zeros(3, 10, dtype=torch.bool))
+    assert (none == 0).all()
+
+
+def test_lora_on_the_top_layers_only(tiny_model_dir):
+    """lora_top_layers=1 adapts the last decoder layer only, on every linear projection of it, and the
+    training pass keeps no graph below it (the lower layers get no gradient work)."""
+    cfg = get_config(overrides={"model": str(tiny_model_dir), "lora_top_layers": 1})
+    model, _ = load_policy(cfg)
+    n_layers = model.config.num_hidden_layers
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(f"layers.{n_layers - 1}." in n for n in names)
+    assert len(names) == 2 * 7  # lora_A and lora_B of the 7 projections of one layer
+    full = get_config(overrides={"model": str(tiny_model_dir)})
+    assert sum(p.requires_grad for p in load_policy(full)[0].parameters()) == 2 * 7 * n_layers
+
+
 def test_logprobs_ignore_padding():
     """A padded sequence gets the same log-probs as the same tokens alone (position ids skip padding)."""
     model = make_tiny_model(300)

@@ -58,7 +58,7 @@ def test_two_step_smoke_run_updates_lora_and_logs(tmp_path, tokenizer, algo):
         f"algo={algo}",
         "kl_coef=0.01",
         "entropy_coef=0.01",
-        "recompute_old_logprobs=true",
+        "old_logprobs=recompute",
     )
     model = _policy(tokenizer)
     before = _lora_state(model)
@@ -167,13 +167,33 @@ def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
         "em_before_ci95",
         "em_after",
         "em_after_ci95",
+        "em_by_kind_before",
+        "em_by_kind_after",
+        "multihop_em_before",
+        "multihop_em_before_ci95",
+        "multihop_em_after",
+        "multihop_em_after_ci95",
+        "multihop_n",
+        "mean_searches_before",
+        "mean_searches_after",
         "reward_first",
         "reward_last",
         "steps",
+        "seconds_per_step",
+        "peak_rss_mb",
         "minutes",
         "seed",
     }
     assert report["steps"] == 2 and 0.0 <= report["em_after"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "eval_after.jsonl").read_text().splitlines()]
+    multihop = [r["em"] for r in records if r["kind"] in ("bridge", "3hop")]
+    assert report["multihop_n"] == len(multihop)
+    if multihop:
+        lo, hi = report["multihop_em_after_ci95"]
+        assert lo <= report["multihop_em_after"] == sum(multihop) / len(multihop) <= hi
+    kinds = {r["kind"] for r in records}
+    assert set(report["em_by_kind_after"]) == kinds
+    assert report["seconds_per_step"] > 0 and report["peak_rss_mb"] > 100
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["em_before"] == report["em_before"] and len(saved["sft_warmup_losses"]) == 1
     assert (tmp_path / "eval_before.jsonl").exists() and (tmp_path / "eval_after.jsonl").exists()
@@ -306,7 +326,7 @@ def test_corrupt_checkpoint_files_are_named(tmp_path, tokenizer, damage):
 
 def test_temperature_is_used_in_training_log_probs(tmp_path, tokenizer):
     """At T = 0.7 the first ratio of a fresh on-policy batch is 1 (the sampler's distribution is recomputed)."""
-    cfg = _cfg("steps=1", "temperature=0.7", "recompute_old_logprobs=false")
+    cfg = _cfg("steps=1", "temperature=0.7", "old_logprobs=sampler")
     hist = train(
         cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=build_task(cfg, tokenizer)
     )
@@ -395,3 +415,15 @@ def test_sft_warmup_skips_a_non_finite_step(tokenizer, monkeypatch):
     assert len(losses) == 2 and all(loss != loss for loss in losses)  # NaN logged
     after = _lora_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before), "a NaN warm-up step changed the weights"
+
+
+def test_old_logprobs_are_recomputed_where_sampler_and_training_pass_differ():
+    """auto: the sampler's log-probs in fp32, a recompute for a 4-bit base or 16-bit compute; forced either way."""
+    from agentr1_nb.train import recompute_old_logprobs
+
+    assert not recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=fp32"]))
+    assert recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=bf16"]))
+    assert recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=fp32", "load_in_4bit=true"]))
+    assert recompute_old_logprobs(get_config("colab_t4"))
+    assert recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=fp32", "old_logprobs=recompute"]))
+    assert not recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=bf16", "old_logprobs=sampler"]))
