@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("bench", help="benchmarks that print measured numbers")
-    p.add_argument("what", choices=["logprobs", "rollout", "parser"])
+    p.add_argument("what", choices=["logprobs", "rollout", "step", "parser", "trainers"])
+    p.add_argument("--steps", type=int, default=2, help="bench trainers: training steps per trainer")
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
 
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume", action="store_true", help="start over, deleting --out's metrics and checkpoints"
     )
     p.add_argument("--json", action="store_true", help="print the last step's metrics as one JSON line")
+    p.add_argument(
+        "--backend",
+        choices=["ours", "trl"],
+        default="ours",
+        help="ours: train.py; trl: TRL's GRPOTrainer with our rollout (pip install agentr1_nb[trl])",
+    )
+    p.add_argument(
+        "--trl",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="a trl.GRPOConfig field for --backend trl, e.g. --trl use_vllm=true --trl vllm_mode=server",
+    )
     _add_config_args(p)
 
     p = sub.add_parser("demo", help="the main job: GRPO on the generated world on a CPU, before/after EM")
@@ -101,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a smoke run in minutes on a CPU (not results)")
     p.add_argument("--json", action="store_true", help="print the result rows as one JSON line")
     _add_config_args(p)
+
+    p = sub.add_parser(
+        "check",
+        help="self-check of this machine with a preset (no hub needed): load, logits, rollout, log-prob ratio, "
+        "GRPO and PPO steps, memory against memory_budget; one line per phase and a summary",
+    )
+    p.add_argument("--tiny", action="store_true", help="a tiny random Qwen2 with the preset's settings (CPU)")
+    p.add_argument("--steps", type=int, default=2, help="training steps of the train phase")
+    p.add_argument(
+        "--weights",
+        choices=["auto", "pretrained", "random"],
+        default="auto",
+        help="the preset's model, random weights of its architecture, or pretrained if loadable (auto)",
+    )
+    p.add_argument("--no-ppo", action="store_true", help="skip the PPO step")
+    p.add_argument("--json", action="store_true", help="one JSON line per phase")
+    _add_config_args(p, default_preset="colab_t4")
     return ap
 
 
@@ -139,6 +170,10 @@ def _run(args: argparse.Namespace) -> int:
             _print(bench.bench_logprobs(), args.json)
         elif args.what == "rollout":
             _print(bench.bench_rollout(cfg), args.json)
+        elif args.what == "step":
+            _print(bench.bench_step(cfg), args.json)
+        elif args.what == "trainers":
+            _print(bench.bench_trainers(cfg, steps=args.steps), args.json)
         else:
             _print(bench.bench_parser(), args.json)
     elif args.command == "retrieval":
@@ -147,9 +182,16 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.replace(retriever=args.retriever)
         _print(measure_recall(args.dataset, args.data_path, args.corpus, args.k, cfg), args.json)
     elif args.command == "train":
-        from .train import train
+        if args.backend == "trl":
+            from .trl_backend import parse_trl_args, train_trl
 
-        history = train(cfg, args.out, resume=not args.no_resume)
+            history = train_trl(cfg, args.out, resume=not args.no_resume, **parse_trl_args(args.trl))
+        else:
+            if args.trl:
+                raise ValueError("--trl sets TRL's GRPOConfig fields: it needs --backend trl")
+            from .train import train
+
+            history = train(cfg, args.out, resume=not args.no_resume)
         if args.json and history and _is_main_process():
             _print(history[-1], True)
         if history.interrupted:
@@ -176,6 +218,19 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps({"rows": res["rows"], "minutes": res["minutes"]}), flush=True)
         else:
             print(markdown_table(res["rows"]))
+    elif args.command == "check":
+        from .check import run_check
+
+        lines = run_check(
+            args.preset,
+            tiny=args.tiny,
+            steps=args.steps,
+            overrides=args.overrides,
+            weights=args.weights,
+            ppo=not args.no_ppo,
+            emit=lambda line: _print(line, args.json),
+        )
+        return 0 if lines[-1]["ok"] else 1
     elif args.command == "eval":
         from .runs import run_eval
 
