@@ -139,7 +139,7 @@ def sample_tokens(
         raise RuntimeError(
             f"the policy produced non-finite logits ({logits.dtype}) for {bad} of {logits.shape[0]} rows: the "
             "model overflows in this dtype. Use compute_dtype=bf16 on a GPU that has it (compute capability "
-            ">= 8) or fp32, or keep the overflowing layers out of 4-bit (see the colab_t4 preset)"
+            ">= 8) or fp32, or compute the overflowing layers in fp32 (fp32_modules=..., on in colab_t4)"
         )
     logits = logits.float()
     if greedy or temperature <= 0:

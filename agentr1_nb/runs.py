@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from .baselines import naive_rag, tool_call
-from .common import atomic_write_json, check_writable_dir, maxrss_bytes, mean, peak_memory_mb, set_seed
+from .common import (
+    atomic_write_json,
+    check_writable_dir,
+    maxrss_bytes,
+    mean,
+    peak_memory_mb,
+    replace_dir,
+    set_seed,
+)
 from .config import METHODS, Config
 from .env import ToolEnv, build_task
 from .evaluate import (
@@ -99,9 +108,45 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------- the shipped adapter
+
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "cpu_demo"
+"""The LoRA adapter `make demo` trained for the CPU default, shipped with the package (fp16 weights, the run's
+config.json, report.json and metrics.jsonl beside them): `resolve_adapter("shipped")`; notebook 05 shows
+the run from these files."""
+
+
+def export_adapter(run_dir: str | Path, dest: str | Path = SHIPPED_ADAPTER) -> Path:
+    """Copy a demo run's trained adapter to `dest` with fp16 weights (half the size; the policy computes in
+    its own dtype after loading), its config.json (the policy fields `agent_config` reads), report.json and
+    metrics.jsonl (the run's record, a few KB)."""
+    from safetensors.torch import load_file, save_file
+
+    run, dest = Path(run_dir), Path(dest)
+    src = resolve_adapter(run)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(src / "adapter_config.json", tmp / "adapter_config.json")
+    weights = load_file(str(src / "adapter_model.safetensors"))
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
+    for name in ("config.json", "report.json", "metrics.jsonl"):
+        if (run / name).is_file():
+            shutil.copy2(run / name, tmp / name)
+    replace_dir(tmp, dest)
+    return dest
+
+
 # ----------------------------------------------------------------------------- one method on one dataset
 def resolve_adapter(adapter: str | Path) -> Path:
-    """The LoRA folder: `adapter` itself, or `adapter/adapter`, or `adapter/checkpoint/adapter` (a run dir)."""
+    """The LoRA folder: `adapter` itself, or `adapter/adapter`, or `adapter/checkpoint/adapter` (a run dir);
+    "shipped" is the adapter shipped with the package (`SHIPPED_ADAPTER`)."""
+    if str(adapter) == "shipped":
+        if not (SHIPPED_ADAPTER / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"no shipped adapter in {SHIPPED_ADAPTER} (this copy of the package has none)"
+            )
+        return SHIPPED_ADAPTER
     root = Path(adapter)
     for cand in (root, root / "adapter", root / "checkpoint" / "adapter"):
         if (cand / "adapter_config.json").is_file():

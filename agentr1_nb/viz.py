@@ -19,8 +19,12 @@ COMPONENT_COLORS = {
     "weights": "#4c72b0",
     "LoRA + Adam": "#55a868",
     "KV cache": "#8172b2",
+    "KV copy (split/merge)": "#b9a8e0",
     "activations": "#ccb974",
+    "prefill activations": "#ccb974",
+    "repeat_kv (prefill)": "#e6d98f",
     "logits": "#c44e52",
+    "entropy": "#e39a9c",
 }
 
 

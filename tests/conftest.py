@@ -46,6 +46,34 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: in
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
+TINY_RUN = [
+    "prompt_style=zero_shot",
+    "world_entities=20",
+    "world_questions=40",
+    "top_k=2",
+    "max_turns=2",
+    "max_tokens_per_turn=6",
+    "questions_per_step=2",
+    "group_size=2",
+    "lr=1e-3",
+    "compute_dtype=fp32",
+]
+"""Overrides of a training run small enough for a test: 2 questions x 2 samples, 2 turns of 6 tokens, a
+20-person world; each test file adds its batch sizes."""
+
+
+def tiny_lora_policy(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2):
+    """`make_tiny_model` with the tokenizer's vocabulary and a fresh rank-4 LoRA on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model(len(tokenizer), seed=seed, hidden=hidden, layers=layers)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    return get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     """A tiny random Llama with the SmolLM2 vocabulary, wrapped with a LoRA adapter (fp32)."""

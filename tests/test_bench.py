@@ -77,3 +77,29 @@ def test_bench_parser_reports_the_worst_case_per_size():
     assert out["sizes"] == [200, 2000]
     assert set(out["per_case_s"][2000]) == set(adversarial_outputs(2000))
     assert out["worst_s"][2000] == max(out["per_case_s"][2000].values())
+
+
+def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
+    """`bench step` on a tiny model: the breakdown adds up, the ceiling is measured, fp32 is on-policy."""
+    from conftest import tiny_lora_policy
+
+    monkeypatch.setattr(
+        bench, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+    )
+    cfg = Config(
+        questions_per_step=2,
+        group_size=2,
+        max_turns=2,
+        max_tokens_per_turn=8,
+        minibatch_size=4,
+        micro_batch_size=2,
+        sft_warmup_steps=1,
+        compute_dtype="fp32",
+        cache_dir=str(tmp_path),
+    )
+    out = bench.bench_step(cfg, steps=2)
+    for key in ("rollout_s", "logprob_s", "update_s", "step_s", "rollout_tokens_per_s"):
+        assert out[key] >= 0, key
+    assert out["rollout_s"] + out["update_s"] <= out["step_s"] + 1e-3
+    assert out["forward_ceiling_tokens_per_s"] > 0 and out["steps_timed"] == 1 and out["rollout_rows"] == 4
+    assert out["first_ratio_mean"] == pytest.approx(1.0, abs=1e-3) and out["peak_rss_mb"] > 100

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -282,31 +282,11 @@ def test_fake_gpu_flags_what_cuda_would_refuse():
 
 # ----------------------------------------------------------------------------- the training code
 
-TINY = [
-    "prompt_style=zero_shot",
-    "world_entities=20",
-    "world_questions=40",
-    "top_k=2",
-    "max_turns=2",
-    "max_tokens_per_turn=6",
-    "questions_per_step=2",
-    "group_size=2",
-    "minibatch_size=2",
-    "micro_batch_size=1",
-    "lr=1e-3",
-    "compute_dtype=fp32",
-    "save_every=10",
-]
+TINY = TINY_RUN + ["minibatch_size=2", "micro_batch_size=1", "save_every=10"]
 
 
 def _policy(tokenizer):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_model(len(tokenizer), hidden=32, layers=1)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    return get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    return tiny_lora_policy(tokenizer, hidden=32, layers=1)
 
 
 @pytest.fixture(scope="module")

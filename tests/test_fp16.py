@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import make_tiny_model
+from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
 from agentr1_nb import algos
 from agentr1_nb import train as train_mod
@@ -19,19 +19,9 @@ from agentr1_nb.config import Config, get_config
 from agentr1_nb.env import build_task
 from agentr1_nb.policy import _quantization_kwargs, compute_in_fp32, load_policy, token_logprobs
 
-TINY = [
-    "prompt_style=zero_shot",
-    "world_entities=20",
-    "world_questions=40",
-    "top_k=2",
-    "max_turns=2",
-    "max_tokens_per_turn=6",
-    "questions_per_step=2",
-    "group_size=2",
+TINY = TINY_RUN + [
     "minibatch_size=4",
     "micro_batch_size=2",
-    "lr=1e-3",
-    "compute_dtype=fp32",
     "kl_coef=0",
     "old_logprobs=sampler",
     "save_every=10",
@@ -42,14 +32,7 @@ the tiny model: below ~3e-7 every LoRA gradient that flows back through fp16 act
 
 
 def _policy(tokenizer):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_model(len(tokenizer), hidden=32, layers=1)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(0)
-    return get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    return tiny_lora_policy(tokenizer, hidden=32, layers=1)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import TINY_RUN, tiny_lora_policy
 
 from agentr1_nb import runs
 from agentr1_nb import train as train_mod
@@ -15,31 +15,11 @@ from agentr1_nb.env import build_task
 from agentr1_nb.sft import gold_episode, sft_warmup
 from agentr1_nb.train import TrainingStopped, load_metrics, run_lock, train
 
-TINY = [
-    "prompt_style=zero_shot",
-    "world_entities=20",
-    "world_questions=40",
-    "top_k=2",
-    "max_turns=2",
-    "max_tokens_per_turn=6",
-    "questions_per_step=2",
-    "group_size=2",
-    "minibatch_size=2",
-    "micro_batch_size=1",
-    "lr=1e-3",
-    "compute_dtype=fp32",
-]
+TINY = TINY_RUN + ["minibatch_size=2", "micro_batch_size=1"]
 
 
 def _policy(tokenizer, seed: int = 0):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_model(len(tokenizer), seed=seed)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    return get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    return tiny_lora_policy(tokenizer, seed=seed)
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
@@ -194,6 +174,23 @@ def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
     kinds = {r["kind"] for r in records}
     assert set(report["em_by_kind_after"]) == kinds
     assert report["seconds_per_step"] > 0 and report["peak_rss_mb"] > 100
+
+    # the run's adapter, exported as the package ships it: fp16 weights beside the run's config and report
+    dest = runs.export_adapter(tmp_path, tmp_path / "shipped")
+    assert {p.name for p in dest.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+        "report.json",
+        "metrics.jsonl",
+    }
+    from safetensors.torch import load_file
+
+    trained = load_file(str(tmp_path / "checkpoint" / "adapter" / "adapter_model.safetensors"))
+    shipped = load_file(str(dest / "adapter_model.safetensors"))
+    assert trained.keys() == shipped.keys() and all(v.dtype == torch.float16 for v in shipped.values())
+    assert all(torch.allclose(shipped[k].float(), v, rtol=1e-3, atol=1e-6) for k, v in trained.items())
+    assert runs.agent_config(get_config("cpu_demo"), dest).prompt_style == cfg.prompt_style
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["em_before"] == report["em_before"] and len(saved["sft_warmup_losses"]) == 1
     assert (tmp_path / "eval_before.jsonl").exists() and (tmp_path / "eval_after.jsonl").exists()

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
 from agentr1_nb import trl_backend
 from agentr1_nb.__main__ import main
@@ -23,22 +23,7 @@ from agentr1_nb.rewards import score_trajectory, trajectory_scores
 from agentr1_nb.rollout import rollout
 from agentr1_nb.train import load_metrics
 
-TINY = [
-    "prompt_style=zero_shot",
-    "world_entities=20",
-    "world_questions=40",
-    "top_k=2",
-    "max_turns=2",
-    "max_tokens_per_turn=6",
-    "questions_per_step=2",
-    "group_size=2",
-    "minibatch_size=4",
-    "micro_batch_size=2",
-    "sft_warmup_steps=0",
-    "lr=1e-3",
-    "compute_dtype=fp32",
-    "eval_questions=2",
-]
+TINY = TINY_RUN + ["minibatch_size=4", "micro_batch_size=2", "sft_warmup_steps=0", "eval_questions=2"]
 
 
 def _cfg(*extra):
@@ -46,14 +31,7 @@ def _cfg(*extra):
 
 
 def _policy(tokenizer, seed: int = 0):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_model(len(tokenizer), seed=seed)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    return get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    return tiny_lora_policy(tokenizer, seed=seed)
 
 
 def _grouped_prompts(task, n_questions: int, group: int):
