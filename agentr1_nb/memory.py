@@ -79,11 +79,15 @@ def param_counts(model_config: dict) -> dict[str, int]:
     }
 
 
-def lora_param_count(model_config: dict, r: int, target_modules: str = "all-linear") -> int:
-    """r * (in + out) for every targeted projection of every layer."""
+def lora_param_count(
+    model_config: dict, r: int, target_modules: str = "all-linear", top_layers: int = 0
+) -> int:
+    """r * (in + out) for every targeted projection of every adapted layer (the top `top_layers`; 0: all)."""
     shapes = linear_shapes(model_config)
     names = list(shapes) if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
-    return _dims(model_config)["layers"] * sum(r * sum(shapes[n]) for n in names if n in shapes)
+    layers = _dims(model_config)["layers"]
+    layers = min(top_layers, layers) if top_layers > 0 else layers
+    return layers * sum(r * sum(shapes[n]) for n in names if n in shapes)
 
 
 PRESET_GPU_GB: dict[str, float] = {"colab_t4": 15, "a100": 40, "a100_80gb": 80}
@@ -124,7 +128,7 @@ def memory_budget(model_config: dict, cfg: Config) -> dict:
     h, i, V = d["hidden"], d["inter"], d["vocab"]
     q_bytes = NF4_BYTES_PER_PARAM if cfg.load_in_4bit else wbytes
     weights = counts["linear"] * q_bytes + (counts["total"] - counts["linear"]) * wbytes
-    lora = lora_param_count(model_config, cfg.lora_r, cfg.lora_target_modules)
+    lora = lora_param_count(model_config, cfg.lora_r, cfg.lora_target_modules, cfg.lora_top_layers)
     lora_state = lora * (4 + 4 + 8)  # fp32 weights, gradients, Adam m and v
     static = {"weights": weights / GB, "LoRA + Adam": lora_state / GB}
 

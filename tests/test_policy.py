@@ -65,13 +65,14 @@ def test_cpu_default_loads_and_generates(cpu_policy):
 @pytest.mark.slow
 def test_lora_trainable_parameters_match_formula(cpu_policy):
     model, _ = cpu_policy
-    c = model.config
+    c, top = model.config, get_config().lora_top_layers  # cpu_demo adapts the top layers only
     q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     h, i, r = c.hidden_size, c.intermediate_size, 16
     per_layer = r * ((h + q) + (h + kv) + (h + kv) + (q + h) + (h + i) + (h + i) + (i + h))
-    expected = c.num_hidden_layers * per_layer
+    expected = (top or c.num_hidden_layers) * per_layer
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == expected == lora_param_count(c.to_dict(), r)
+    assert trainable == expected == lora_param_count(c.to_dict(), r, top_layers=top)
+    assert lora_param_count(c.to_dict(), r) == c.num_hidden_layers * per_layer
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
