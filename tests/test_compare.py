@@ -124,9 +124,15 @@ def test_compare_rejects_an_unknown_variant_before_loading_anything(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch):
+def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
+    """Warm-up, one variant, the baselines, results.json, then a second call that reads everything back. On
+    a tiny policy (the real CPU default runs the same in notebook 06's FAST run, which CI executes)."""
+    from conftest import tiny_lora_policy
+
+    monkeypatch.setattr(
+        cmp, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+    )
     cfg = get_config("cpu_demo")
     kw = dict(fast=True, variants=["GRPO"], baseline_sets=["generated"], progress=False)
     res = cmp.compare(cfg, tmp_path, **kw)

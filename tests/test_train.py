@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_RUN, tiny_lora_policy
+from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
 from agentr1_nb import runs
 from agentr1_nb import train as train_mod
@@ -385,10 +385,16 @@ def _launch(out, *overrides, timeout=600):
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_resume_like_one_uninterrupted_run(tmp_path):
+def test_two_processes_train_and_resume_like_one_uninterrupted_run(tmp_path, tokenizer):
     """`torchrun --nproc_per_node 2` on the CPU: each process rolls out its share, gradients are summed,
-    the main process writes; a run resumed under two processes gives the uninterrupted run's metrics."""
+    the main process writes; a run resumed under two processes gives the uninterrupted run's metrics.
+    A tiny random model saved as a folder stands in for the CPU default (the processes load it by path)."""
+    tiny = make_tiny_model(len(tokenizer))
+    tiny.config.pad_token_id = tokenizer.pad_token_id
+    tiny.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
     small = ("world_entities=12", "world_questions=24", "max_tokens_per_turn=4", "save_every=1")
+    small += (f"model={tmp_path / 'tiny'}",)
     full = _launch(tmp_path / "a", "steps=2", *small)
     assert full["world_size"] == 2 and full["step"] == 2
     _launch(tmp_path / "b", "steps=1", *small)
