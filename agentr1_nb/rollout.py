@@ -325,14 +325,44 @@ def _turn(action_text, observation, reward, info, stop) -> dict:
 
 @contextlib.contextmanager
 def inference(model):
-    """Eval mode (no dropout) and no autograd for the duration of the rollout; restores the mode after."""
+    """Eval mode (no dropout) and no autograd for the duration of the rollout; restores the mode after.
+
+    On an fp32 base (the CPU default) the active LoRA adapter is merged into the base weights for the
+    duration (`mergeable_lora`) and taken out again after: decoding a few rows at a time is bound by the
+    per-module work, and peft's unmerged forward runs two extra matmuls, a dropout and a scaling per adapted
+    linear. SmolLM2-135M, 15 adapted layers, 2 threads: 130 -> 94 ms per decoding step for one row, 314 ->
+    270 ms for 16 rows. Taking the delta out again rounds each weight once (fp32: a relative ~6e-8 per
+    rollout); 16-bit and 4-bit bases are never merged (rounding there would be 1e-3 or a requantisation).
+    """
     was_training = model.training
     model.eval()
+    merged = mergeable_lora(model)
+    if merged:
+        with torch.no_grad():
+            model.merge_adapter()
     try:
         with torch.inference_mode():
             yield
     finally:
+        if merged:
+            with torch.no_grad():
+                model.unmerge_adapter()
         model.train(was_training)
+
+
+def mergeable_lora(model) -> bool:
+    """Whether `inference` may merge `model`'s LoRA adapter: a peft model whose adapter is active (not inside
+    `policy.reference`) and not merged yet, and every adapted layer a plain fp32 `nn.Linear`."""
+    if not hasattr(model, "merge_adapter"):
+        return False
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    return bool(layers) and all(
+        not m.disable_adapters
+        and not m.merged
+        and type(m.base_layer) is torch.nn.Linear
+        and m.base_layer.weight.dtype == torch.float32
+        for m in layers
+    )
 
 
 def _check_limits(cfg: Config, group_size: int) -> None:

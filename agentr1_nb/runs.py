@@ -61,14 +61,20 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     model, tok = load_policy(cfg)
     task = build_task(cfg, tok)
     eval_ex = task.eval[: cfg.eval_questions]
+    phases = {"load": time.time() - t0}
+    t = time.time()
     warm = sft_warmup(model, tok, task, cfg)
+    phases["warmup"], t = time.time() - t, time.time()
     before, before_records = evaluate_agent(
         model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
     )
+    phases["eval_before"], t = time.time() - t, time.time()
     history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
+    phases["train"], t = time.time() - t, time.time()
     after, after_records = evaluate_agent(
         model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
     )
+    phases["eval_after"] = time.time() - t
     rewards = [m["reward"] for m in history]
     mh_before, mh_before_ci, mh_n = multihop_em(before_records, seed=cfg.seed)
     mh_after, mh_after_ci, _ = multihop_em(after_records, seed=cfg.seed)
@@ -92,7 +98,9 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
         "seconds_per_step": mean([m["step_s"] for m in history]),
         "peak_rss_mb": round(maxrss_bytes() / 2**20, 1),
         "minutes": round((time.time() - t0) / 60, 2),
+        "phase_minutes": {k: round(v / 60, 2) for k, v in phases.items()},
         "seed": cfg.seed,
+        "use_process_reward": cfg.use_process_reward,
     }
     full = dict(
         report,
@@ -135,6 +143,43 @@ def export_adapter(run_dir: str | Path, dest: str | Path = SHIPPED_ADAPTER) -> P
             shutil.copy2(run / name, tmp / name)
     replace_dir(tmp, dest)
     return dest
+
+
+SHIPPED_RUNS = Path(__file__).resolve().parent / "results"
+"""Records of the demo runs the README and notebooks 05/06 quote, one folder per run (config.json,
+report.json, metrics.jsonl; no weights): `export_run_record` writes one, `shipped_runs` reads them all."""
+
+RUN_RECORD_FILES = ("config.json", "report.json", "metrics.jsonl")
+
+
+def export_run_record(run_dir: str | Path, name: str, root: str | Path = SHIPPED_RUNS) -> Path:
+    """Copy a finished demo run's record (`RUN_RECORD_FILES`, a few KB) to `root/name`."""
+    run = Path(run_dir)
+    if not (run / "report.json").is_file():
+        raise FileNotFoundError(f"{run} holds no report.json: not a finished demo run")
+    dest = Path(root) / name
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in RUN_RECORD_FILES:
+        if (run / f).is_file():
+            shutil.copy2(run / f, tmp / f)
+    replace_dir(tmp, dest)
+    return dest
+
+
+def shipped_runs(root: str | Path = SHIPPED_RUNS) -> dict[str, dict]:
+    """{name: {"report": report.json, "metrics": [metrics.jsonl rows]}} for every run record under `root`,
+    by name; a folder whose report is missing or unreadable is skipped with a warning."""
+    runs = {}
+    for folder in sorted(Path(root).glob("*/")) if Path(root).is_dir() else []:
+        try:
+            report = json.loads((folder / "report.json").read_text())
+            lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+            runs[folder.name] = {"report": report, "metrics": [json.loads(x) for x in lines if x.strip()]}
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping the run record {folder}: {e}", stacklevel=2)
+    return runs
 
 
 # ----------------------------------------------------------------------------- one method on one dataset

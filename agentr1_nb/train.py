@@ -27,6 +27,9 @@ Departures from the paper's training code (verl-based, 4 GPUs):
   pass compute differently (a 4-bit base, 16-bit compute: `old_logprobs="auto"`); in fp32 the sampler's
   recorded log-probs are used as they are (the first ratio is 1 to within 1e-3) and the pass is saved.
 - The output head runs on the tokens the loss reads (action tokens under the loss mask) only.
+- A minibatch's rows are ordered by group, so a micro-batch holding one group runs the group's prompt once
+  (`policy.final_hidden(share_prefix=True)`; same log-probs and gradients, the prompt's LoRA dropout noise
+  shared by the group's rows).
 - PPO's critic is a linear value head on the policy's final hidden states (a shared backbone with a
   separate head, trained by its own loss), not a second 3B model.
 - A NaN/inf loss or gradient skips the update and is logged; after `max_bad_steps` the run stops and the
@@ -258,6 +261,8 @@ def train(
                 local_mb = cfg.minibatch_size // world
                 for _ in range(cfg.ppo_epochs):
                     for mb_rows in torch.randperm(B, device=device).split(local_mb):
+                        # a group's rows side by side: a micro-batch of one group runs its prompt once
+                        mb_rows = mb_rows[torch.argsort(batch["group"][mb_rows], stable=True)]
                         optimizer.zero_grad(set_to_none=True)
                         # the step's loss is the mean over all processes' tokens (or trajectories)
                         if cfg.loss_agg == "token_mean":

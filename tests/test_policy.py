@@ -234,6 +234,77 @@ def test_logprobs_at_positions_equal_the_full_ones_with_grad(chunk):
     assert (none == 0).all()
 
 
+def _group_batch(vocab: int, prompt: int = 20, rows: int = 4, seed: int = 3):
+    """A GRPO group: `rows` right-padded rows that begin with the same `prompt` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(0, vocab, (prompt,), generator=g)
+    lengths = [prompt + 9, prompt + 5, prompt + 12, prompt + 7][:rows]
+    T = max(lengths)
+    ids = torch.zeros(rows, T, dtype=torch.long)
+    mask = torch.zeros(rows, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :prompt] = head
+        ids[i, prompt:n] = torch.randint(0, vocab, (n - prompt,), generator=g)
+        mask[i, :n] = 1
+    ids[1, prompt] = ids[0, prompt]  # two rows share a token past the prompt too: the prefix is what is common
+    return ids, mask
+
+
+def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
+    """A group's prompt runs once (one row, its KV cache repeated for the others): log-probs, entropies and
+    LoRA gradients are those of the plain batched pass, and the decoder runs on the prefix for one row."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    _perturb_lora(model, scale=0.1)
+    ids, mask = _group_batch(300)
+    assert policy.shared_prefix_len(ids, mask) == 20
+    pos = torch.zeros(4, ids.shape[1] - 1, dtype=torch.bool)
+    pos[:, 18:] = True  # the last prompt step predicts the first action token
+
+    orig = policy.MIN_SHARED_PREFIX
+    try:
+        policy.MIN_SHARED_PREFIX = 10**9  # the plain pass
+        full, ent_full = token_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, positions=pos)
+        (full.sum() + 0.1 * ent_full.sum()).backward()
+        g_full = _lora_grads(model)
+        model.zero_grad()
+    finally:
+        policy.MIN_SHARED_PREFIX = orig
+    decoder, _ = policy._decoder_and_head(model)
+    shapes = []
+    hook = decoder.register_forward_pre_hook(
+        lambda mod, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        shared, ent = token_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, positions=pos)
+    finally:
+        hook.remove()
+    (shared.sum() + 0.1 * ent.sum()).backward()
+    g_shared = _lora_grads(model)
+
+    assert shapes == [(1, 20), (4, ids.shape[1] - 20)]
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ent_full, atol=1e-5, rtol=1e-5)
+    assert (shared[~policy.valid_targets(mask)] == 0).all()
+    assert g_full.keys() == g_shared.keys() and len(g_full) > 0
+    for n in g_full:
+        torch.testing.assert_close(g_shared[n], g_full[n], atol=1e-5, rtol=1e-4)
+
+
+def test_no_shared_prompt_without_a_common_prefix():
+    """Rows of different questions, a single row or a short common prefix take the plain pass."""
+    ids, mask = _group_batch(300)
+    assert policy.shared_prefix_len(ids[:1], mask[:1]) == 0
+    other = ids.clone()
+    other[2, 3] = (other[2, 3] + 1) % 300
+    assert policy.shared_prefix_len(other, mask) == 3
+    holes = mask.clone()
+    holes[1, 5] = 0  # a padding hole inside the prompt ends the shared prefix
+    assert policy.shared_prefix_len(ids, holes) == 5
+    assert policy.shared_prefix_len(ids[:2, :10], mask[:2, :10]) == 10  # identical rows: all of them
+
+
 def test_lora_on_the_top_layers_only(tiny_model_dir):
     """lora_top_layers=1 adapts the last decoder layer only, on every linear projection of it, and the
     training pass keeps no graph below it (the lower layers get no gradient work)."""

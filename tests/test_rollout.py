@@ -10,8 +10,16 @@ import torch
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
 from agentr1_nb.kvcache import KVBatch
-from agentr1_nb.policy import token_logprobs
-from agentr1_nb.rollout import StopChecker, Trajectory, _Row, rollout, sample_tokens
+from agentr1_nb.policy import reference, token_logprobs
+from agentr1_nb.rollout import (
+    StopChecker,
+    Trajectory,
+    _Row,
+    inference,
+    mergeable_lora,
+    rollout,
+    sample_tokens,
+)
 
 HEADER = "<|im_start|>assistant\n"
 
@@ -398,6 +406,52 @@ def test_rollout_restores_training_mode(tiny_model, tokenizer):
     tiny_model.train()
     rollout(tiny_model, tokenizer, examples(1), EnvFactory(tokenizer), cfg(max_turns=1))
     assert tiny_model.training
+
+
+def _nonzero_lora(model, seed: int = 0) -> None:
+    """A fresh LoRA has B = 0 (merging it would change nothing): give every B random weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_rollout_merges_an_fp32_lora_and_restores_the_weights(tiny_model, tokenizer):
+    """On an fp32 base the rollout decodes with the adapter merged (one matmul per linear instead of three)
+    and takes it out again: sampler log-probs still match the unmerged model, the base weights come back
+    within fp32 rounding, and nothing stays merged."""
+    _nonzero_lora(tiny_model)
+    base = {n: p.detach().clone() for n, p in tiny_model.named_parameters() if "base_layer" in n}
+    assert mergeable_lora(tiny_model)
+    calls = []
+    orig = tiny_model.merge_adapter
+    tiny_model.merge_adapter = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
+    torch.manual_seed(2)
+    trajs = rollout(tiny_model, tokenizer, examples(2), EnvFactory(tokenizer), cfg(temperature=0.7), 2)
+    assert calls, "the fp32 adapter was not merged for the rollout"
+    assert not any(getattr(m, "merged", False) for m in tiny_model.modules())
+    for n, p in tiny_model.named_parameters():
+        if n in base:
+            torch.testing.assert_close(p, base[n], atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # the unmerged model reproduces what the merged sampler recorded
+        for traj in trajs:
+            logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([traj.token_ids])).logits[0] / 0.7, -1)
+            pos = torch.tensor([i for i, m in enumerate(traj.action_mask) if m])
+            want = logp[pos - 1, torch.tensor(traj.token_ids)[pos]]
+            torch.testing.assert_close(torch.tensor([traj.logprobs[i] for i in pos]), want, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_is_not_merged_inside_reference_or_on_a_16_bit_base(tiny_model, tokenizer):
+    """Inside `reference()` the adapter is off (merging it would switch it on); a bf16 base would round."""
+    _nonzero_lora(tiny_model)
+    with reference(tiny_model):
+        assert not mergeable_lora(tiny_model)
+        with inference(tiny_model):  # nothing merged: the adapter stays off
+            assert not any(getattr(m, "merged", False) for m in tiny_model.modules())
+    assert mergeable_lora(tiny_model)
+    assert not mergeable_lora(tiny_model.to(torch.bfloat16))
+    assert not mergeable_lora(torch.nn.Linear(2, 2))
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -162,9 +162,13 @@ def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
         "seconds_per_step",
         "peak_rss_mb",
         "minutes",
+        "phase_minutes",
         "seed",
+        "use_process_reward",
     }
     assert report["steps"] == 2 and 0.0 <= report["em_after"] <= 1.0
+    assert set(report["phase_minutes"]) == {"load", "warmup", "eval_before", "train", "eval_after"}
+    assert sum(report["phase_minutes"].values()) <= report["minutes"] + 0.05
     records = [json.loads(line) for line in (tmp_path / "eval_after.jsonl").read_text().splitlines()]
     multihop = [r["em"] for r in records if r["kind"] in ("bridge", "3hop")]
     assert report["multihop_n"] == len(multihop)
@@ -193,6 +197,20 @@ def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
     assert runs.agent_config(get_config("cpu_demo"), dest).prompt_style == cfg.prompt_style
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["em_before"] == report["em_before"] and len(saved["sft_warmup_losses"]) == 1
+
+    # the run's record (no weights), as the package ships the runs notebooks 05/06 quote
+    root = tmp_path / "records"
+    runs.export_run_record(tmp_path, "demo_seed0", root)
+    (root / "broken").mkdir()
+    (root / "broken" / "report.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="broken"):
+        shipped = runs.shipped_runs(root)
+    assert list(shipped) == ["demo_seed0"]
+    assert shipped["demo_seed0"]["report"]["em_after"] == report["em_after"]
+    assert [m["step"] for m in shipped["demo_seed0"]["metrics"]] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        runs.export_run_record(tmp_path / "checkpoint", "x", root)
+    assert runs.shipped_runs(tmp_path / "nowhere") == {}
     assert (tmp_path / "eval_before.jsonl").exists() and (tmp_path / "eval_after.jsonl").exists()
 
 
@@ -430,3 +448,25 @@ def test_old_logprobs_are_recomputed_where_sampler_and_training_pass_differ():
     assert recompute_old_logprobs(get_config("colab_t4"))
     assert recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=fp32", "old_logprobs=recompute"]))
     assert not recompute_old_logprobs(get_config("cpu_demo", ["compute_dtype=bf16", "old_logprobs=sampler"]))
+
+
+def test_a_micro_batch_of_one_group_runs_its_prompt_once(tmp_path, tokenizer):
+    """Minibatch rows are ordered by group: with micro-batches of group_size rows each one is a whole group,
+    and the training pass runs the group's prompt once (a one-row decoder call) instead of once per row."""
+    cfg = _cfg("steps=1", "minibatch_size=4", "micro_batch_size=2", "seed=1")
+    model = _policy(tokenizer)
+    task = build_task(cfg, tokenizer)
+    decoder = model.get_base_model().model
+    calls = []
+    hook = decoder.register_forward_pre_hook(
+        lambda mod, args, kw: calls.append((torch.is_grad_enabled(), tuple(kw["input_ids"].shape))),
+        with_kwargs=True,
+    )
+    try:
+        train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
+    finally:
+        hook.remove()
+    update = [shape for grad, shape in calls if grad]  # the rollout runs without autograd
+    prompt = min(len(task.make_env().reset(e)) for e in task.train)  # at least the shortest prompt is shared
+    assert len(update) == 4, update  # 2 micro-batches x (prefix, rest)
+    assert [s[0] for s in update] == [1, 2, 1, 2] and all(s[1] >= prompt - 1 for s in update[::2]), update
