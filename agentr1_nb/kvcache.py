@@ -8,7 +8,7 @@ padding added when batches merge); the 2D attention mask hides them and explicit
 since attention kernels pay for masked columns too.
 
 A row is any object with `traj.token_ids` (its whole history), `n_fed` (how many of those tokens are already
-in the cache) and `pending` (`traj.token_ids[n_fed:]`): the rollout's `_Row`.
+in the cache) and `pending` (`traj.token_ids[n_fed:]`): the rollout's `Row`.
 """
 
 from __future__ import annotations

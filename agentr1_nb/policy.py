@@ -414,12 +414,17 @@ def final_hidden(
     B, T = input_ids.shape
     P = min(shared_prefix_len(input_ids, attention_mask), T - 1) if share_prefix else 0
     if P < MIN_SHARED_PREFIX or getattr(decoder, "is_activation_checkpointing", False):
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        out = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        )
         return out.last_hidden_state  # (B, T, H)
     cache = DynamicCache(config=decoder.config)
     kw = {cache_kwarg(decoder): cache, "use_cache": True}
     prefix = decoder(
-        input_ids=input_ids[:1, :P], attention_mask=attention_mask[:1, :P], position_ids=positions[:1, :P], **kw
+        input_ids=input_ids[:1, :P],
+        attention_mask=attention_mask[:1, :P],
+        position_ids=positions[:1, :P],
+        **kw,
     ).last_hidden_state  # (1, P, H)
     cache.batch_repeat_interleave(B)  # (1, h, P, d) -> (B, h, P, d) per layer, differentiably
     rest = decoder(
@@ -485,7 +490,9 @@ def token_logprobs(
     _, head = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)[:, :-1]  # (B, T-1, H): t-1 -> t
+    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)[
+        :, :-1
+    ]  # (B, T-1, H): t-1 -> t
     targets = input_ids[:, 1:]  # (B, T-1)
     valid = valid_targets(attention_mask)  # (B, T-1)
     use_ckpt = torch.is_grad_enabled() and (

@@ -90,7 +90,9 @@ class Trajectory:
 
 
 @dataclass
-class _Row:
+class Row:
+    """One episode while it is rolled out: its trajectory, its env, and where it stands in the KV cache."""
+
     traj: Trajectory
     env: Any
     n_fed: int = 0
@@ -209,21 +211,9 @@ def rollout(
 
     `stats`, if given, is filled with wall_s, forward_s, forward_calls and generated_tokens.
     """
-    _check_limits(cfg, group_size)
     timer = {"forward_s": 0.0, "forward_calls": 0}
     t_start = time.perf_counter()
-    rows: list[_Row] = []
-    for q, example in enumerate(examples):
-        for _ in range(group_size):
-            env = make_env()
-            prompt = [int(i) for i in env.reset(example)]
-            if not prompt:
-                raise ValueError(f"env.reset returned no prompt tokens for example {example.id!r}")
-            traj = Trajectory(example, q, len(prompt), prompt, [0] * len(prompt), [0.0] * len(prompt))
-            rows.append(_Row(traj, env))
-    for r in rows:
-        if len(r.traj.token_ids) >= cfg.max_total_tokens:  # no room to generate anything
-            r.finish("max_tokens", truncated=True)
+    rows = start_rows(examples, make_env, cfg, group_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = StopChecker(tokenizer, eos_ids(tokenizer, model))
     batch = KVBatch(model, [r for r in rows if not r.traj.stop_reason], use_cache, pad_id, timer)
@@ -233,13 +223,34 @@ def rollout(
             if not len(batch):
                 break
             batch = _sample_turn(batch, stop, cfg, greedy)
-            batch = _step_envs(batch, tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
+            batch = step_envs(batch, tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
 
     if stats is not None:
         stats.update(timer)
         stats["wall_s"] = time.perf_counter() - t_start
         stats["generated_tokens"] = sum(r.traj.num_generated for r in rows)
     return [r.traj for r in rows]
+
+
+def start_rows(
+    examples: list[QAExample], make_env: Callable[[], Any], cfg: Config, group_size: int
+) -> list[Row]:
+    """One `Row` per episode (row i is example i // group_size), its env reset and its prompt in place; a
+    prompt that leaves no room under `max_total_tokens` ends at once (truncated)."""
+    check_limits(cfg, group_size)
+    rows: list[Row] = []
+    for q, example in enumerate(examples):
+        for _ in range(group_size):
+            env = make_env()
+            prompt = [int(i) for i in env.reset(example)]
+            if not prompt:
+                raise ValueError(f"env.reset returned no prompt tokens for example {example.id!r}")
+            traj = Trajectory(example, q, len(prompt), prompt, [0] * len(prompt), [0.0] * len(prompt))
+            rows.append(Row(traj, env))
+    for r in rows:
+        if len(r.traj.token_ids) >= cfg.max_total_tokens:  # no room to generate anything
+            r.finish("max_tokens", truncated=True)
+    return rows
 
 
 def _sample_turn(batch: KVBatch, stop: StopChecker, cfg: Config, greedy: bool) -> KVBatch:
@@ -277,7 +288,7 @@ def _sample_turn(batch: KVBatch, stop: StopChecker, cfg: Config, greedy: bool) -
     return KVBatch.merge(stopped)
 
 
-def _step_envs(batch: KVBatch, tokenizer, cfg: Config, last_turn: bool) -> KVBatch:
+def step_envs(batch: KVBatch, tokenizer, cfg: Config, last_turn: bool) -> KVBatch:
     """Hand each row's action to its env; append observations of the rows that go on, drop the rest."""
     going_on = []
     for i, r in enumerate(batch.rows):
@@ -365,7 +376,7 @@ def mergeable_lora(model) -> bool:
     )
 
 
-def _check_limits(cfg: Config, group_size: int) -> None:
+def check_limits(cfg: Config, group_size: int) -> None:
     for name, value in [
         ("group_size", group_size),
         ("max_turns", cfg.max_turns),

@@ -175,7 +175,11 @@ def shipped_runs(root: str | Path = SHIPPED_RUNS) -> dict[str, dict]:
     for folder in sorted(Path(root).glob("*/")) if Path(root).is_dir() else []:
         try:
             report = json.loads((folder / "report.json").read_text())
-            lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+            lines = (
+                (folder / "metrics.jsonl").read_text().splitlines()
+                if (folder / "metrics.jsonl").is_file()
+                else []
+            )
             runs[folder.name] = {"report": report, "metrics": [json.loads(x) for x in lines if x.strip()]}
         except (OSError, ValueError) as e:
             warnings.warn(f"skipping the run record {folder}: {e}", stacklevel=2)

@@ -67,7 +67,7 @@ from .env import STOP_STRINGS, Task, answer_well_formed, build_prompt_messages, 
 from .evaluate import evaluate_agent
 from .policy import compute_dtype, load_policy
 from .rewards import outcome_reward, score_trajectory, trajectory_scores
-from .rollout import StopChecker, Trajectory, _check_limits, _Row, _step_envs, eos_ids, rollout
+from .rollout import Row, StopChecker, Trajectory, eos_ids, rollout, start_rows, step_envs
 from .sft import sft_warmup
 from .train import TrainHistory
 
@@ -342,9 +342,9 @@ class Engine(Protocol):
 
 
 class _Rows:
-    """The two members of `kvcache.KVBatch` that `rollout._step_envs` uses, without a cache."""
+    """The two members of `kvcache.KVBatch` that `rollout.step_envs` uses, without a cache."""
 
-    def __init__(self, rows: list[_Row]):
+    def __init__(self, rows: list[Row]):
         self.rows = rows
 
     def select(self, idx: list[int]) -> _Rows:
@@ -361,23 +361,10 @@ def engine_rollout(
     stop (a stop string in this turn's tokens, eos, the per-turn or total token limit) is appended as
     sampled (action mask 1, the engine's log-probs); tokens after it are dropped, which keeps the kept ones
     exactly sampled since each was drawn given only the tokens before it. Then the env steps on the turn's
-    ids (`rollout._step_envs`, shared with `rollout.rollout`) and its observation ids are appended (mask 0).
+    ids (`rollout.step_envs`, shared with `rollout.rollout`) and its observation ids are appended (mask 0).
     Nothing is decoded and re-encoded.
     """
-    _check_limits(cfg, group_size)
-    rows: list[_Row] = []
-    for q, example in enumerate(examples):
-        for _ in range(group_size):
-            env = make_env()
-            prompt = [int(i) for i in env.reset(example)]
-            if not prompt:
-                raise ValueError(f"env.reset returned no prompt tokens for example {example.id!r}")
-            rows.append(
-                _Row(Trajectory(example, q, len(prompt), prompt, [0] * len(prompt), [0.0] * len(prompt)), env)
-            )
-    for r in rows:
-        if len(r.traj.token_ids) >= cfg.max_total_tokens:
-            r.finish("max_tokens", truncated=True)
+    rows = start_rows(examples, make_env, cfg, group_size)
     stop = StopChecker(tokenizer, eos_ids(tokenizer))
     for turn in range(cfg.max_turns):  # every turn calls the engine, even with no histories (see `Engine`)
         live = [r for r in rows if not r.traj.stop_reason]
@@ -409,7 +396,7 @@ def engine_rollout(
             if r.turn_stop is None:
                 r.turn_stop = "engine_stop"  # the engine ended the turn on a rule of its own
             going.append(r)
-        _step_envs(_Rows(going), tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
+        step_envs(_Rows(going), tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
     return [r.traj for r in rows]
 
 

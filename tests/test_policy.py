@@ -246,7 +246,9 @@ def _group_batch(vocab: int, prompt: int = 20, rows: int = 4, seed: int = 3):
         ids[i, :prompt] = head
         ids[i, prompt:n] = torch.randint(0, vocab, (n - prompt,), generator=g)
         mask[i, :n] = 1
-    ids[1, prompt] = ids[0, prompt]  # two rows share a token past the prompt too: the prefix is what is common
+    ids[1, prompt] = ids[
+        0, prompt
+    ]  # two rows share a token past the prompt too: the prefix is what is common
     return ids, mask
 
 

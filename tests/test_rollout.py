@@ -12,9 +12,9 @@ from agentr1_nb.data import QAExample
 from agentr1_nb.kvcache import KVBatch
 from agentr1_nb.policy import reference, token_logprobs
 from agentr1_nb.rollout import (
+    Row,
     StopChecker,
     Trajectory,
-    _Row,
     inference,
     mergeable_lora,
     rollout,
@@ -162,7 +162,7 @@ def test_padded_cache_matches_single_row_forward(tiny_model, tokenizer):
     torch.manual_seed(0)
     seqs = [torch.randint(3, 1000, (n,)).tolist() for n in (9, 4, 6)]
     chunks = [[torch.randint(3, 1000, (n,)).tolist() for n in lens] for lens in [(3, 1, 5), (2, 6, 1)]]
-    rows = [_Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
+    rows = [Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
     timer = {"forward_s": 0.0, "forward_calls": 0}
     with torch.inference_mode():
         batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
@@ -439,7 +439,9 @@ def test_rollout_merges_an_fp32_lora_and_restores_the_weights(tiny_model, tokeni
             logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([traj.token_ids])).logits[0] / 0.7, -1)
             pos = torch.tensor([i for i, m in enumerate(traj.action_mask) if m])
             want = logp[pos - 1, torch.tensor(traj.token_ids)[pos]]
-            torch.testing.assert_close(torch.tensor([traj.logprobs[i] for i in pos]), want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor([traj.logprobs[i] for i in pos]), want, atol=1e-4, rtol=1e-4
+            )
 
 
 def test_lora_is_not_merged_inside_reference_or_on_a_16_bit_base(tiny_model, tokenizer):
@@ -556,7 +558,7 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
     model = tiny_model.eval()
     torch.manual_seed(0)
     seqs = [torch.randint(3, 1000, (n,)).tolist() for n in (3, 12, 7)]
-    rows = [_Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
+    rows = [Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
     timer = {"forward_s": 0.0, "forward_calls": 0}
     with torch.inference_mode():
         batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
