@@ -1,0 +1,48 @@
+"""What the package ships from real runs: the demo's trained adapter and the run records notebooks 05/06 quote."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from agentr1_nb import runs
+from agentr1_nb.config import PRESETS, get_config
+from agentr1_nb.policy import load_policy
+
+# fields that may differ between the shipped run and the preset without changing the recipe
+_RUN_FIELDS = {"seed", "use_process_reward", "save_every"}
+
+
+def test_shipped_runs_are_finished_demo_runs_of_the_current_preset():
+    records = runs.shipped_runs()
+    assert "demo_s0" in records and "demo_s0_no_process_reward" in records
+    preset = get_config("cpu_demo").to_dict()
+    for name, rec in records.items():
+        report = rec["report"]
+        assert report["steps"] == len(rec["metrics"]) == preset["steps"], name
+        assert not report["interrupted"], name
+        changed = {k for k, v in report["config"].items() if preset.get(k) != v} - _RUN_FIELDS
+        assert not changed, f"{name} was run with {changed} unlike today's cpu_demo preset"
+        for key in ("em_before", "em_after", "multihop_em_after", "mean_searches_after", "peak_rss_mb"):
+            assert isinstance(report[key], (int, float)), (name, key)
+        lo, hi = report["em_after_ci95"]
+        assert lo <= report["em_after"] <= hi
+    assert records["demo_s0"]["report"]["use_process_reward"]
+    assert not records["demo_s0_no_process_reward"]["report"]["use_process_reward"]
+    assert set(PRESETS["cpu_demo"]) <= set(preset)
+
+
+def test_shipped_adapter_is_the_demo_run_and_loads_on_the_cpu_default():
+    """`resolve_adapter("shipped")` is the demo_s0 run's adapter (same report), and it loads onto the CPU
+    default with trained (non-zero) LoRA B weights on the top 15 layers only."""
+    folder = runs.resolve_adapter("shipped")
+    shipped = runs.shipped_runs()["demo_s0"]["report"]
+    assert json.loads((folder / "report.json").read_text())["em_after"] == shipped["em_after"]
+    cfg = runs.agent_config(get_config("cpu_demo"), folder)
+    model, _ = load_policy(cfg, adapter=folder)
+    lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())
+    layers = {int(n.split("layers.")[1].split(".")[0]) for n in lora_b}
+    assert layers == set(range(15, 30))
+    assert all(p.dtype == torch.float32 for p in lora_b.values())
