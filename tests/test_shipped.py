@@ -10,8 +10,9 @@ from agentr1_nb import runs
 from agentr1_nb.config import PRESETS, get_config
 from agentr1_nb.policy import load_policy
 
-# fields that may differ between the shipped run and the preset without changing the recipe
-_RUN_FIELDS = {"seed", "use_process_reward", "save_every"}
+# fields that may differ between the shipped run and the preset without changing the recipe: the run's own
+# choices, and the machine's folders (resolved from the environment when the config is built)
+_RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir"}
 
 
 def test_shipped_runs_are_finished_demo_runs_of_the_current_preset():
