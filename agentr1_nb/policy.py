@@ -490,9 +490,8 @@ def token_logprobs(
     _, head = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)[
-        :, :-1
-    ]  # (B, T-1, H): t-1 -> t
+    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)  # (B, T, H)
+    hidden = hidden[:, :-1]  # (B, T-1, H): position t-1 predicts token t
     targets = input_ids[:, 1:]  # (B, T-1)
     valid = valid_targets(attention_mask)  # (B, T-1)
     use_ckpt = torch.is_grad_enabled() and (

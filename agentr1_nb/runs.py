@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .baselines import naive_rag, tool_call
@@ -45,6 +47,12 @@ POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_m
 
 
 # ----------------------------------------------------------------------------- the main job
+@contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the `with` block took as `phases[name]`."""
+    t = time.time()
+    yield
+    phases[name] = time.time() - t
 
 
 def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
@@ -61,20 +69,19 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     model, tok = load_policy(cfg)
     task = build_task(cfg, tok)
     eval_ex = task.eval[: cfg.eval_questions]
-    phases = {"load": time.time() - t0}
-    t = time.time()
-    warm = sft_warmup(model, tok, task, cfg)
-    phases["warmup"], t = time.time() - t, time.time()
-    before, before_records = evaluate_agent(
-        model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
-    )
-    phases["eval_before"], t = time.time() - t, time.time()
-    history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
-    phases["train"], t = time.time() - t, time.time()
-    after, after_records = evaluate_agent(
-        model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
-    )
-    phases["eval_after"] = time.time() - t
+    phases = {"load": time.time() - t0}  # seconds per phase, in order
+    with _timed(phases, "warmup"):
+        warm = sft_warmup(model, tok, task, cfg)
+    with _timed(phases, "eval_before"):
+        before, before_records = evaluate_agent(
+            model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
+        )
+    with _timed(phases, "train"):
+        history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
+    with _timed(phases, "eval_after"):
+        after, after_records = evaluate_agent(
+            model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
+        )
     rewards = [m["reward"] for m in history]
     mh_before, mh_before_ci, mh_n = multihop_em(before_records, seed=cfg.seed)
     mh_after, mh_after_ci, _ = multihop_em(after_records, seed=cfg.seed)
@@ -126,23 +133,20 @@ the run from these files."""
 
 def export_adapter(run_dir: str | Path, dest: str | Path = SHIPPED_ADAPTER) -> Path:
     """Copy a demo run's trained adapter to `dest` with fp16 weights (half the size; the policy computes in
-    its own dtype after loading), its config.json (the policy fields `agent_config` reads), report.json and
-    metrics.jsonl (the run's record, a few KB)."""
+    its own dtype after loading) beside the run's record (`RUN_RECORD_FILES`: config.json holds the policy
+    fields `agent_config` reads)."""
     from safetensors.torch import load_file, save_file
 
-    run, dest = Path(run_dir), Path(dest)
-    src = resolve_adapter(run)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(src / "adapter_config.json", tmp / "adapter_config.json")
+    src = resolve_adapter(run_dir)
     weights = load_file(str(src / "adapter_model.safetensors"))
-    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
-    for name in ("config.json", "report.json", "metrics.jsonl"):
-        if (run / name).is_file():
-            shutil.copy2(run / name, tmp / name)
-    replace_dir(tmp, dest)
-    return dest
+
+    def add_weights(tmp: Path) -> None:
+        shutil.copy2(src / "adapter_config.json", tmp / "adapter_config.json")
+        save_file(
+            {k: v.half().contiguous() for k, v in weights.items()}, str(tmp / "adapter_model.safetensors")
+        )
+
+    return _export(run_dir, Path(dest), add_weights)
 
 
 SHIPPED_RUNS = Path(__file__).resolve().parent / "results"
@@ -154,16 +158,22 @@ RUN_RECORD_FILES = ("config.json", "report.json", "metrics.jsonl")
 
 def export_run_record(run_dir: str | Path, name: str, root: str | Path = SHIPPED_RUNS) -> Path:
     """Copy a finished demo run's record (`RUN_RECORD_FILES`, a few KB) to `root/name`."""
-    run = Path(run_dir)
-    if not (run / "report.json").is_file():
-        raise FileNotFoundError(f"{run} holds no report.json: not a finished demo run")
-    dest = Path(root) / name
+    if not (Path(run_dir) / "report.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no report.json: not a finished demo run")
+    return _export(run_dir, Path(root) / name)
+
+
+def _export(run_dir: str | Path, dest: Path, add: Callable[[Path], None] | None = None) -> Path:
+    """Write the run's record files (and whatever `add` puts beside them) to a temporary folder, then
+    replace `dest` with it: a failed export leaves the old `dest` whole."""
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in RUN_RECORD_FILES:
-        if (run / f).is_file():
-            shutil.copy2(run / f, tmp / f)
+        if (Path(run_dir) / f).is_file():
+            shutil.copy2(Path(run_dir) / f, tmp / f)
+    if add is not None:
+        add(tmp)
     replace_dir(tmp, dest)
     return dest
 

@@ -7,7 +7,7 @@ import json
 import torch
 
 from agentr1_nb import runs
-from agentr1_nb.config import PRESETS, get_config
+from agentr1_nb.config import EARLIER_RECIPES, PRESETS, get_config
 from agentr1_nb.policy import load_policy
 
 # fields that may differ between the shipped run and the preset without changing the recipe: the run's own
@@ -15,23 +15,36 @@ from agentr1_nb.policy import load_policy
 _RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir"}
 
 
-def test_shipped_runs_are_finished_demo_runs_of_the_current_preset():
+def recipe_of(name: str) -> dict:
+    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*` names."""
+    earlier = name.split("_", 1)[0]
+    return get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
+
+
+def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
-    assert "demo_s0" in records and "demo_s0_no_process_reward" in records
-    preset = get_config("cpu_demo").to_dict()
+    assert {"demo_s0", "v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
     for name, rec in records.items():
+        recipe = recipe_of(name)
         report = rec["report"]
-        assert report["steps"] == len(rec["metrics"]) == preset["steps"], name
+        assert report["steps"] == len(rec["metrics"]) == recipe["steps"], name
         assert not report["interrupted"], name
-        changed = {k for k, v in report["config"].items() if preset.get(k) != v} - _RUN_FIELDS
-        assert not changed, f"{name} was run with {changed} unlike today's cpu_demo preset"
+        changed = {k for k, v in report["config"].items() if recipe.get(k) != v} - _RUN_FIELDS
+        assert not changed, f"{name} was run with {changed} unlike its recipe"
+        assert name.endswith("_no_process_reward") != report["use_process_reward"], name
+        assert name.split("_no_process_reward")[0].endswith(f"_s{report['seed']}"), name
         for key in ("em_before", "em_after", "multihop_em_after", "mean_searches_after", "peak_rss_mb"):
             assert isinstance(report[key], (int, float)), (name, key)
         lo, hi = report["em_after_ci95"]
         assert lo <= report["em_after"] <= hi
-    assert records["demo_s0"]["report"]["use_process_reward"]
-    assert not records["demo_s0_no_process_reward"]["report"]["use_process_reward"]
-    assert set(PRESETS["cpu_demo"]) <= set(preset)
+    assert set(PRESETS["cpu_demo"]) <= set(get_config("cpu_demo").to_dict())
+
+
+def test_earlier_recipes_differ_from_the_preset_only_in_their_overrides():
+    today = get_config("cpu_demo").to_dict()
+    for name, overrides in EARLIER_RECIPES.items():
+        old = recipe_of(f"{name}_demo_s0")
+        assert {k for k in today if today[k] != old[k]} == set(overrides), name
 
 
 def test_shipped_adapter_is_the_demo_run_and_loads_on_the_cpu_default():
