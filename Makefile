@@ -10,6 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
+# The suite runs in TEST_WORKERS processes of one thread each (pytest-xdist; notebook kernels inherit the
+# thread count): on 2 cores two one-thread workers finish sooner than one two-thread process, because most
+# tests are bound by Python and small matrices. TEST_WORKERS=0 TEST_THREADS=2: one process, two threads.
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 
 .PHONY: setup demo test lint format clean
 
@@ -46,7 +51,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix agentr1_nb tests
 
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

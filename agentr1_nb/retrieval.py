@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class DenseRetriever:
             self.index.add(vecs)
             if self.cache_path is not None:
                 self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_path.with_suffix(".tmp")
+                tmp = self.cache_path.with_suffix(f".{os.getpid()}.tmp")  # processes building it at once
                 faiss.write_index(self.index, str(tmp))
                 tmp.replace(self.cache_path)
 
