@@ -48,11 +48,13 @@ POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_m
 
 # ----------------------------------------------------------------------------- the main job
 @contextmanager
-def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds the `with` block took as `phases[name]`."""
+def _timed(phases: dict[str, float], rss: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the `with` block took as `phases[name]`, and the process's peak RSS (MiB) at its
+    end as `rss[name]`: the first phase whose value jumps is the one that set the peak."""
     t = time.time()
     yield
     phases[name] = time.time() - t
+    rss[name] = round(maxrss_bytes() / 2**20, 1)
 
 
 def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
@@ -70,15 +72,16 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     task = build_task(cfg, tok)
     eval_ex = task.eval[: cfg.eval_questions]
     phases = {"load": time.time() - t0}  # seconds per phase, in order
-    with _timed(phases, "warmup"):
+    rss = {"load": round(maxrss_bytes() / 2**20, 1)}  # peak RSS (MiB) at the end of each phase
+    with _timed(phases, rss, "warmup"):
         warm = sft_warmup(model, tok, task, cfg)
-    with _timed(phases, "eval_before"):
+    with _timed(phases, rss, "eval_before"):
         before, before_records = evaluate_agent(
             model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
         )
-    with _timed(phases, "train"):
+    with _timed(phases, rss, "train"):
         history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
-    with _timed(phases, "eval_after"):
+    with _timed(phases, rss, "eval_after"):
         after, after_records = evaluate_agent(
             model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
         )
@@ -106,6 +109,7 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
         "peak_rss_mb": round(maxrss_bytes() / 2**20, 1),
         "minutes": round((time.time() - t0) / 60, 2),
         "phase_minutes": {k: round(v / 60, 2) for k, v in phases.items()},
+        "phase_peak_rss_mb": rss,
         "seed": cfg.seed,
         "use_process_reward": cfg.use_process_reward,
     }

@@ -163,12 +163,16 @@ def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
         "peak_rss_mb",
         "minutes",
         "phase_minutes",
+        "phase_peak_rss_mb",
         "seed",
         "use_process_reward",
     }
     assert report["steps"] == 2 and 0.0 <= report["em_after"] <= 1.0
     assert set(report["phase_minutes"]) == {"load", "warmup", "eval_before", "train", "eval_after"}
     assert sum(report["phase_minutes"].values()) <= report["minutes"] + 0.05
+    peaks = list(report["phase_peak_rss_mb"].values())  # a high-water mark: never falls, ends at the peak
+    assert list(report["phase_peak_rss_mb"]) == list(report["phase_minutes"])
+    assert peaks == sorted(peaks) and peaks[-1] <= report["peak_rss_mb"]
     records = [json.loads(line) for line in (tmp_path / "eval_after.jsonl").read_text().splitlines()]
     multihop = [r["em"] for r in records if r["kind"] in ("bridge", "3hop")]
     assert report["multihop_n"] == len(multihop)
