@@ -81,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
 
+    p = sub.add_parser("ask", help="watch the trained agent (the shipped adapter) answer one question")
+    p.add_argument(
+        "question",
+        nargs="?",
+        default=None,
+        help="a held-out question's number or any question about the generated world (default: a bridge "
+        "question the shipped adapter answers)",
+    )
+    p.add_argument(
+        "--adapter", default="shipped", help='"shipped", a run or adapter folder, or "" (untrained)'
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--preset", default="cpu_demo", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
+
     p = sub.add_parser("eval", help="evaluate a method on a dataset")
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--adapter", default="", help="LoRA adapter folder for --method agent")
@@ -231,6 +246,21 @@ def _run(args: argparse.Namespace) -> int:
             emit=lambda line: _print(line, args.json),
         )
         return 0 if lines[-1]["ok"] else 1
+    elif args.command == "ask":
+        from .runs import ASK_DEFAULT, ask
+
+        question = ASK_DEFAULT if args.question is None else args.question
+        res = ask(cfg, question, adapter=args.adapter or None)
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            print(f"question: {res['question']}")
+            for k, turn in enumerate(res["turns"], 1):
+                print(f"--- turn {k}\naction      > {turn['action'].strip()}")
+                if turn["observation"].strip():
+                    print(f"observation > {turn['observation'].strip()[:600]}")
+            gold = f"  gold: {res['gold'][0]!r}  EM {res['em']:.0f}" if res["gold"] else ""
+            print(f"answer: {res['answer']!r}{gold}  ({res['searches']} searches)")
     elif args.command == "eval":
         from .runs import run_eval
 

@@ -25,6 +25,7 @@ from .common import (
     set_seed,
 )
 from .config import METHODS, Config
+from .data import QAExample
 from .env import ToolEnv, build_task
 from .evaluate import (
     SUMMARY_KEYS,
@@ -37,6 +38,8 @@ from .evaluate import (
 from .policy import load_policy
 from .prompts import check_prompt_style
 from .retrieval import build_retriever
+from .rewards import score_trajectory
+from .rollout import rollout
 from .sft import sft_warmup
 from .tools import make_tools
 from .train import train
@@ -247,6 +250,47 @@ def agent_config(cfg: Config, adapter_dir: Path) -> Config:
     if changes:
         print(f"eval: using the training run's {changes} for the adapter {adapter_dir}", file=sys.stderr)
     return cfg.replace(**changes)
+
+
+ASK_DEFAULT = "81"
+"""The question `ask` poses when given none: held-out question 81 of the generated world, a bridge question
+("In which year was the founder of Bapa Mills born?") the shipped adapter answers after two searches."""
+
+
+def ask(cfg: Config, question: str = ASK_DEFAULT, adapter: str | Path | None = "shipped") -> dict:
+    """One greedy episode of the agent on `question`: a held-out question's number (its gold answer is
+    known and scored) or any text (asked of the same search tool; no gold). `adapter`: "shipped" (the
+    adapter `make demo` trained, which fits the CPU default model only), a run or adapter folder, or None
+    for the untrained model. Returns the question, gold answers (or []), the answer, EM (None without gold),
+    the searches and, per turn, the model's action and the tool's observation."""
+    question = question.strip()
+    if not question:
+        raise ValueError("ask: the question is empty; pass a question's text or a held-out question number")
+    adapter_dir = resolve_adapter(adapter) if adapter else None
+    if adapter_dir is not None:
+        cfg = agent_config(cfg, adapter_dir)
+    model, tok = load_policy(cfg, adapter=adapter_dir)
+    task = build_task(cfg, tok)
+    if question.isdigit():
+        if int(question) >= len(task.eval):
+            raise ValueError(
+                f"ask: there are {len(task.eval)} held-out questions (0..{len(task.eval) - 1}), not {question}"
+            )
+        example = task.eval[int(question)]
+    else:
+        example = QAExample(id="ask", question=question, answers=[], dataset=cfg.dataset)
+    traj = rollout(model, tok, [example], task.make_env, cfg, greedy=True)[0]
+    score_trajectory(traj, cfg)
+    return {
+        "question": example.question,
+        "gold": example.answers,
+        "answer": traj.answer,
+        "em": traj.em if example.answers else None,
+        "searches": traj.num_searches,
+        "stop_reason": traj.stop_reason,
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "turns": [{"action": t["action_text"], "observation": t["observation"]} for t in traj.turns],
+    }
 
 
 def run_eval(

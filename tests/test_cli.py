@@ -126,3 +126,56 @@ def test_interrupted_train_exits_non_zero(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(train_mod, "train", raises)
     assert main(["train", "--out", str(tmp_path / "r")]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- ask
+
+
+@pytest.fixture
+def tiny_ask(monkeypatch, tokenizer):
+    """`runs.ask` on a tiny random policy (the episode is nonsense; its shape is what is tested)."""
+    from conftest import tiny_lora_policy
+
+    from agentr1_nb import runs
+
+    monkeypatch.setattr(
+        runs, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+    )
+    return runs
+
+
+def test_ask_a_held_out_question_by_number_and_any_text(tiny_ask, tokenizer):
+    from agentr1_nb.config import get_config
+    from agentr1_nb.env import build_task
+
+    cfg = get_config("cpu_demo", ["max_turns=2", "max_tokens_per_turn=8"])
+    res = tiny_ask.ask(cfg, "3", adapter=None)
+    ex = build_task(cfg, tokenizer).eval[3]
+    assert res["question"] == ex.question and res["gold"] == ex.answers
+    assert res["em"] in (0.0, 1.0) and 1 <= len(res["turns"]) <= 2 and res["adapter"] is None
+    assert all(set(t) == {"action", "observation"} for t in res["turns"])
+    free = tiny_ask.ask(cfg, "  Who founded Bapa Mills?  ", adapter=None)
+    assert free["question"] == "Who founded Bapa Mills?" and free["gold"] == [] and free["em"] is None
+
+
+def test_ask_rejects_an_empty_question_and_an_unknown_number(tiny_ask):
+    from agentr1_nb.config import get_config
+
+    cfg = get_config("cpu_demo")
+    with pytest.raises(ValueError, match="question is empty"):
+        tiny_ask.ask(cfg, "   ", adapter=None)
+    with pytest.raises(ValueError, match=r"held-out questions \(0\.\.\d+\), not 100000"):
+        tiny_ask.ask(cfg, "100000", adapter=None)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        tiny_ask.ask(cfg, "1", adapter="/nonexistent/adapter")
+
+
+def test_ask_command_prints_the_episode_or_one_json_line(tiny_ask, capsys):
+    args = ["ask", "2", "--adapter", "", "--set", "max_turns=1", "--set", "max_tokens_per_turn=8"]
+    assert main(args + ["--json"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["gold"] and len(res["turns"]) == 1
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"question: {res['question']}") and "--- turn 1" in out and "gold:" in out
+    assert main(["ask", "", "--adapter", ""]) == 2  # an empty question is an error, not the default

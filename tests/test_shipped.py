@@ -60,3 +60,11 @@ def test_shipped_adapter_is_the_demo_run_and_loads_on_the_cpu_default():
     layers = {int(n.split("layers.")[1].split(".")[0]) for n in lora_b}
     assert layers == set(range(15, 30))
     assert all(p.dtype == torch.float32 for p in lora_b.values())
+
+
+def test_ask_with_the_shipped_adapter_answers_a_bridge_question_with_two_searches():
+    """What `python -m agentr1_nb ask` shows a new user: the shipped adapter searches the company, then its
+    founder, and answers the founder's birth year."""
+    res = runs.ask(get_config("cpu_demo"))
+    assert res["adapter"] == str(runs.SHIPPED_ADAPTER)
+    assert res["searches"] == 2 and res["em"] == 1.0, res
