@@ -1,5 +1,7 @@
-"""Glue for the command line and the notebooks: the main job (`demo`) and one method's evaluation on a
-dataset (`run_eval`). Each puts the pipeline stages together; none holds a stage of its own.
+"""Glue for the command line and the notebooks: the main job (`demo`), the shipped adapter and run records
+(`export_adapter`, `export_run_record`, `shipped_runs`), one episode of a trained agent (`ask`) and one
+method's evaluation on a dataset (`run_eval`). Each puts the pipeline stages together; none holds a stage
+of its own.
 """
 
 from __future__ import annotations
