@@ -21,9 +21,18 @@ def _print(result: dict, as_json: bool) -> None:
             print(f"{k:>24}: {v}")
 
 
-def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu_demo") -> None:
+def _add_config_args(
+    p: argparse.ArgumentParser, default_preset: str = "cpu_demo", positional: bool = True
+) -> None:
+    """--preset and the Config overrides: positional `key=value ...`, or `--set key=value` (repeatable) for a
+    command whose positional argument is something else."""
     p.add_argument("--preset", default=default_preset, help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="Config field overrides")
+    if positional:
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="Config field overrides")
+    else:
+        p.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="key=value", help="a Config override"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapter", default="shipped", help='"shipped", a run or adapter folder, or "" (untrained)'
     )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--preset", default="cpu_demo", help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
+    _add_config_args(p, positional=False)
 
     p = sub.add_parser("eval", help="evaluate a method on a dataset")
     p.add_argument("--method", choices=METHODS, required=True)

@@ -72,12 +72,13 @@ def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     t0 = time.time()
     out = check_writable_dir(out_dir, "demo folder")
     set_seed(cfg.seed)
+    phases: dict[str, float] = {}  # seconds per phase, in order
+    rss: dict[str, float] = {}  # peak RSS (MiB) at the end of each phase
     print("loading the policy and building the task...", file=sys.stderr, flush=True)
-    model, tok = load_policy(cfg)
-    task = build_task(cfg, tok)
+    with _timed(phases, rss, "load"):
+        model, tok = load_policy(cfg)
+        task = build_task(cfg, tok)
     eval_ex = task.eval[: cfg.eval_questions]
-    phases = {"load": time.time() - t0}  # seconds per phase, in order
-    rss = {"load": round(maxrss_bytes() / 2**20, 1)}  # peak RSS (MiB) at the end of each phase
     with _timed(phases, rss, "warmup"):
         warm = sft_warmup(model, tok, task, cfg)
     with _timed(phases, rss, "eval_before"):
