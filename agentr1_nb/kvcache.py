@@ -2,7 +2,8 @@
 
 `KVBatch` holds the rows that decode together. With `use_cache`, one transformers `DynamicCache` holds every
 row: key/value tensors are (n, heads, L, d) and `mask` (n, L) marks which cache columns are real tokens of
-that row (0 = a padding hole). Rows have different lengths, so holes appear (left padding of a ragged chunk,
+that row (0 = a padding hole). Its layers are `GrowingLayer`s: a token is written into spare columns instead of
+copying the whole cache at every decoding step. Rows have different lengths, so holes appear (left padding of a ragged chunk,
 padding added when batches merge); the 2D attention mask hides them and explicit position ids
 (`cumsum(mask) - 1`) give every real token its true position. `compact()` squeezes the holes out again,
 since attention kernels pay for masked columns too.
@@ -19,6 +20,62 @@ import time
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with `SPARE` free columns, so that appending a
+    token writes it in place; transformers' `DynamicLayer` concatenates, which copies the whole layer's cache at
+    every decoding step. SmolLM2-135M, 16 rows x 500 cached tokens, one thread: 600-630 -> 520-580 ms per step,
+    the same tokens.
+
+    `KVBatch` also replaces `keys`/`values` wholesale (compact, select, merge): the next `update` notices they are
+    no longer views of its buffers and copies them into new ones, once.
+    """
+
+    SPARE = 64
+    """Free columns after each (re)allocation: one action of the cpu_demo preset (48 tokens) without another."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buf = self.value_buf = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        L, P = self.get_seq_length(), key_states.shape[-2]
+        if not (self._views_of_buffers() and L + P <= self.key_buf.shape[-2]):
+            n, heads, _, d = key_states.shape
+            self.key_buf = key_states.new_empty(n, heads, L + P + self.SPARE, d)  # (n, h, capacity, d)
+            self.value_buf = value_states.new_empty(n, value_states.shape[1], L + P + self.SPARE, d)
+            if L:
+                self.key_buf[..., :L, :] = self.keys
+                self.value_buf[..., :L, :] = self.values
+        self.key_buf[..., L : L + P, :] = key_states
+        self.value_buf[..., L : L + P, :] = value_states
+        self.keys, self.values = self.key_buf[..., : L + P, :], self.value_buf[..., : L + P, :]
+        return self.keys, self.values
+
+    def _views_of_buffers(self) -> bool:
+        """Whether keys/values are still the leading columns of this layer's buffers (nobody replaced them)."""
+        if self.key_buf is None or self.keys.numel() == 0:
+            return False
+        return all(
+            x.data_ptr() == buf.data_ptr() and x.shape[:2] == buf.shape[:2] and x.stride() == buf.stride()
+            for x, buf in ((self.keys, self.key_buf), (self.values, self.value_buf))
+        )
+
+
+def new_cache(model) -> DynamicCache:
+    """An empty cache for `model` made of `GrowingLayer`s; models with sliding-window layers are refused."""
+    cache = DynamicCache(config=model.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        raise NotImplementedError(
+            "rollout's shared KV cache supports full-attention models only (this one has sliding-window "
+            "layers); pass use_cache=False"
+        )
+    cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
 
 
 class KVBatch:
@@ -41,12 +98,7 @@ class KVBatch:
         self.anchor = int(self.device.type == "cpu")
         self.cache, self.mask = cache, mask
         if use_cache and cache is None:
-            self.cache = DynamicCache(config=model.config)
-            if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
-                raise NotImplementedError(
-                    "rollout's shared KV cache supports full-attention models only (this one has sliding-window "
-                    "layers); pass use_cache=False"
-                )
+            self.cache = new_cache(model)
             self.mask = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
 
     def __len__(self) -> int:
@@ -125,7 +177,7 @@ class KVBatch:
         if not self.use_cache:
             return KVBatch(self.model, rows, False, self.pad_id, self.timer)
         index = torch.tensor(idx, dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model)
         for li, layer in enumerate(self.cache.layers):
             cache.update(layer.keys[index], layer.values[index], li)
         return KVBatch(self.model, rows, True, self.pad_id, self.timer, cache, self.mask[index])

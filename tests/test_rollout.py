@@ -9,7 +9,7 @@ import torch
 
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
-from agentr1_nb.kvcache import KVBatch
+from agentr1_nb.kvcache import GrowingLayer, KVBatch, new_cache
 from agentr1_nb.policy import reference, token_logprobs
 from agentr1_nb.rollout import (
     Row,
@@ -577,6 +577,51 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
         for i, r in enumerate(rows):
             ref = model(input_ids=torch.tensor([r.traj.token_ids])).logits[0, -1]
             torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_growing_layer_appends_in_place_and_matches_concatenation():
+    """A GrowingLayer holds what transformers' concatenating DynamicLayer holds after any sequence of appends,
+    wholesale replacements (what compact and merge do) and column slices (select); while it has spare columns an
+    append reuses its buffer instead of copying the cache."""
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    grow, cat = GrowingLayer(), DynamicLayer()
+
+    def append(n_new, rows=3):
+        k, v = torch.randn(rows, 2, n_new, 4), torch.randn(rows, 2, n_new, 4)
+        for layer in (grow, cat):
+            out = layer.update(k, v)
+        torch.testing.assert_close(out[0], grow.keys, rtol=0, atol=0)
+        torch.testing.assert_close(grow.keys, cat.keys, rtol=0, atol=0)
+        torch.testing.assert_close(grow.values, cat.values, rtol=0, atol=0)
+
+    append(5)  # a prefill allocates 5 + SPARE columns
+    buf = grow.key_buf.data_ptr()
+    for _ in range(GrowingLayer.SPARE):
+        append(1)  # decoding: in place
+    assert grow.key_buf.data_ptr() == buf and grow.keys.shape[-2] == 5 + GrowingLayer.SPARE
+    append(1)  # out of spare columns: one new buffer
+    assert grow.key_buf.data_ptr() != buf
+    for layer in (grow, cat):  # compact / merge replace the tensors: the next append copies them once
+        layer.keys, layer.values = layer.keys[:, :, 2:].contiguous(), layer.values[:, :, 2:].contiguous()
+    append(1)
+    for layer in (grow, cat):  # select drops columns at the ends with a slice
+        layer.keys, layer.values = layer.keys[..., : -3, :], layer.values[..., : -3, :]
+    append(2)
+    for layer in (grow, cat):  # select keeps some rows
+        layer.batch_select_indices(torch.tensor([0, 2]))
+    append(1, rows=2)
+    assert grow.keys.shape == (2, 2, 5 + GrowingLayer.SPARE + 1 - 2 + 1 - 3 + 2 + 1, 4)
+
+
+def test_new_cache_refuses_sliding_window_models(tiny_model):
+    from transformers import MistralConfig
+
+    assert all(type(layer) is GrowingLayer for layer in new_cache(tiny_model).layers)
+    sliding = SimpleNamespace(config=MistralConfig(sliding_window=16, num_hidden_layers=2))
+    with pytest.raises(NotImplementedError, match="sliding-window"):
+        new_cache(sliding)
 
 
 # ----------------------------------------------------------------------------- the real model
