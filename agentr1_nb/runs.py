@@ -1,5 +1,5 @@
 """Glue for the command line and the notebooks: the main job (`demo`), the shipped adapter and run records
-(`export_adapter`, `export_run_record`, `shipped_runs`), one episode of a trained agent (`ask`) and one
+(`export_adapter`, `export_run_record`, `shipped_runs`), a trained agent loaded (`load_agent`) and one episode of it (`ask`) and one
 method's evaluation on a dataset (`run_eval`). Each puts the pipeline stages together; none holds a stage
 of its own.
 """
@@ -14,7 +14,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .baselines import naive_rag, tool_call
 from .common import (
@@ -28,7 +30,7 @@ from .common import (
 )
 from .config import METHODS, Config
 from .data import QAExample
-from .env import ToolEnv, build_task
+from .env import Task, ToolEnv, build_task
 from .evaluate import (
     SUMMARY_KEYS,
     check_coverage,
@@ -260,30 +262,49 @@ ASK_DEFAULT = "81"
 ("In which year was the founder of Bapa Mills born?") the shipped adapter answers after two searches."""
 
 
-def ask(cfg: Config, question: str = ASK_DEFAULT, adapter: str | Path | None = "shipped") -> dict:
-    """One greedy episode of the agent on `question`: a held-out question's number (its gold answer is
-    known and scored) or any text (asked of the same search tool; no gold). `adapter`: "shipped" (the
-    adapter `make demo` trained, which fits the CPU default model only), a run or adapter folder, or None
-    for the untrained model. Returns the question, gold answers (or []), the answer, EM (None without gold),
-    the searches and, per turn, the model's action and the tool's observation."""
-    question = question.strip()
-    if not question:
-        raise ValueError("ask: the question is empty; pass a question's text or a held-out question number")
+@dataclass
+class Agent:
+    """A policy ready to act: the config it runs under (the adapter's model and prompt), the model with its
+    adapter, the tokenizer, the task (tools, env factory, questions) and the adapter's folder (None: untrained)."""
+
+    cfg: Config
+    model: Any
+    tokenizer: Any
+    task: Task
+    adapter: Path | None
+
+
+def load_agent(cfg: Config, adapter: str | Path | None = "shipped") -> Agent:
+    """Load the policy with `adapter` ("shipped": the adapter `make demo` trained, which fits the CPU default
+    model only; a run or adapter folder; None: the untrained model) under the model and prompt style the
+    adapter was trained with, and build its task."""
     adapter_dir = resolve_adapter(adapter) if adapter else None
     if adapter_dir is not None:
         cfg = agent_config(cfg, adapter_dir)
     model, tok = load_policy(cfg, adapter=adapter_dir)
-    task = build_task(cfg, tok)
+    return Agent(cfg, model, tok, build_task(cfg, tok), adapter_dir)
+
+
+def ask(cfg: Config, question: str = ASK_DEFAULT, adapter: str | Path | None = "shipped") -> dict:
+    """One greedy episode of the agent (`load_agent(cfg, adapter)`) on `question`: a held-out question's
+    number (its gold answer is known and scored) or any text (asked of the same search tool; no gold).
+    Returns the question, gold answers (or []), the answer, EM (None without gold), the searches and, per
+    turn, the model's action and the tool's observation."""
+    question = question.strip()
+    if not question:
+        raise ValueError("ask: the question is empty; pass a question's text or a held-out question number")
+    agent = load_agent(cfg, adapter)
     if question.isdigit():
-        if int(question) >= len(task.eval):
+        if int(question) >= len(agent.task.eval):
             raise ValueError(
-                f"ask: there are {len(task.eval)} held-out questions (0..{len(task.eval) - 1}), not {question}"
+                f"ask: there are {len(agent.task.eval)} held-out questions (0..{len(agent.task.eval) - 1}), "
+                f"not {question}"
             )
-        example = task.eval[int(question)]
+        example = agent.task.eval[int(question)]
     else:
-        example = QAExample(id="ask", question=question, answers=[], dataset=cfg.dataset)
-    traj = rollout(model, tok, [example], task.make_env, cfg, greedy=True)[0]
-    score_trajectory(traj, cfg)
+        example = QAExample(id="ask", question=question, answers=[], dataset=agent.cfg.dataset)
+    traj = rollout(agent.model, agent.tokenizer, [example], agent.task.make_env, agent.cfg, greedy=True)[0]
+    score_trajectory(traj, agent.cfg)
     return {
         "question": example.question,
         "gold": example.answers,
@@ -291,7 +312,7 @@ def ask(cfg: Config, question: str = ASK_DEFAULT, adapter: str | Path | None = "
         "em": traj.em if example.answers else None,
         "searches": traj.num_searches,
         "stop_reason": traj.stop_reason,
-        "adapter": str(adapter_dir) if adapter_dir else None,
+        "adapter": str(agent.adapter) if agent.adapter else None,
         "turns": [{"action": t["action_text"], "observation": t["observation"]} for t in traj.turns],
     }
 

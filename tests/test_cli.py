@@ -158,6 +158,21 @@ def test_ask_a_held_out_question_by_number_and_any_text(tiny_ask, tokenizer):
     assert free["question"] == "Who founded Bapa Mills?" and free["gold"] == [] and free["em"] is None
 
 
+def test_load_agent_takes_the_adapters_prompt_style(tiny_ask, tmp_path):
+    """`load_agent` runs the adapter under the prompt style of the run that trained it (its config.json)."""
+    import json
+
+    from agentr1_nb.config import get_config
+
+    cfg = get_config("cpu_demo")
+    agent = tiny_ask.load_agent(cfg, None)
+    assert agent.adapter is None and agent.cfg == cfg and agent.task.eval
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg.to_dict(), prompt_style="few_shot")))
+    agent = tiny_ask.load_agent(cfg, tmp_path)
+    assert agent.adapter == tmp_path and agent.cfg.prompt_style == "few_shot" != cfg.prompt_style
+
+
 def test_ask_rejects_an_empty_question_and_an_unknown_number(tiny_ask):
     from agentr1_nb.config import get_config
 
