@@ -133,6 +133,32 @@ class KVBatch:
             r.n_fed = len(r.traj.token_ids)
         return logits
 
+    def prefill_shared(self) -> torch.Tensor | None:
+        """Feed the rows' first tokens (their prompts) with each distinct prompt computed once, and copy its
+        cache to every row that begins with it (a GRPO group's rows share one prompt: a quarter of the prompt
+        prefill with groups of 4). Returns the next-token logits of every row (n, V), or None, having done
+        nothing, when no two rows share a prompt, the batch has no cache or is not fresh."""
+        if not self.use_cache or self.mask.shape[1] or len(self) < 2:
+            return None
+        lead_of: dict[tuple[int, ...], int] = {}  # prompt -> its row in the batch of leads
+        leads, index = [], []
+        for r in self.rows:
+            prompt = tuple(r.pending)
+            if prompt not in lead_of:
+                lead_of[prompt] = len(leads)
+                leads.append(r)
+            index.append(lead_of[prompt])
+        if len(leads) == len(self):
+            return None
+        lead = KVBatch(self.model, leads, True, self.pad_id, self.timer)
+        logits = lead.forward()  # (leads, V)
+        index = torch.tensor(index, device=self.device)  # (n,): each row's lead
+        lead.cache.batch_select_indices(index)
+        self.cache, self.mask = lead.cache, lead.mask[index]
+        for r in self.rows:
+            r.n_fed = len(r.traj.token_ids)
+        return logits[index]
+
     def compact(self) -> None:
         """Squeeze the holes out of the cache: each row's real columns, in order and right-aligned, in a
         cache as wide as the longest row. Attention kernels work on every column, masked or not, so holes

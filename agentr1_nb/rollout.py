@@ -14,7 +14,7 @@ How it stays exact and cheap:
   tokens gives exactly the actions the env saw (the misalignment of Search-R1 PR #21 cannot happen).
 - Stop strings are searched only in the text of the current turn's sampled tokens, so a tool that
   *returns* `</answer>` or the eos string cannot end or break an episode.
-- All rows share one KV cache (`kvcache.KVBatch`). Rows have different lengths, so padding appears as holes masked
+- All rows share one KV cache (`kvcache.KVBatch`); a GRPO group's prompt is computed once for the group. Rows have different lengths, so padding appears as holes masked
   out by a 2D attention mask, and explicit position ids (`cumsum(mask) - 1`) give every real token its true
   position. A turn therefore prefills only the new observation tokens; once per turn the holes are
   squeezed out again (`KVBatch.compact`), since attention kernels pay for masked columns too.
@@ -219,10 +219,11 @@ def rollout(
     batch = KVBatch(model, [r for r in rows if not r.traj.stop_reason], use_cache, pad_id, timer)
 
     with inference(model):
+        logits = batch.prefill_shared()  # a group's prompt once; None: fed at the first step as usual
         for turn in range(cfg.max_turns):
             if not len(batch):
                 break
-            batch = _sample_turn(batch, stop, cfg, greedy)
+            batch = _sample_turn(batch, stop, cfg, greedy, logits if turn == 0 else None)
             batch = step_envs(batch, tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
 
     if stats is not None:
@@ -253,18 +254,23 @@ def start_rows(
     return rows
 
 
-def _sample_turn(batch: KVBatch, stop: StopChecker, cfg: Config, greedy: bool) -> KVBatch:
-    """Decode all rows of `batch` together until each one's action stops; return them (merged) again."""
+def _sample_turn(
+    batch: KVBatch, stop: StopChecker, cfg: Config, greedy: bool, logits: torch.Tensor | None = None
+) -> KVBatch:
+    """Decode all rows of `batch` together until each one's action stops; return them (merged) again.
+    `logits` (n, V): the next-token logits when the rows' pending tokens were already fed (`prefill_shared`)."""
     for r in batch.rows:
         r.turn_start, r.turn_stop = len(r.traj.token_ids), None
     stopped: list[KVBatch] = []
     step = 0
     while len(batch):
-        logits = batch.forward()  # (n, V): feeds the observation (first step) or the last sampled token
-        if step == 0:  # merging and the ragged observation chunk left holes in the cache
-            batch.compact()
+        if logits is None:
+            logits = batch.forward()  # (n, V): feeds the observation (first step) or the last sampled token
+            if step == 0:  # merging and the ragged observation chunk left holes in the cache
+                batch.compact()
         step += 1
         tokens, logps = sample_tokens(logits, cfg.temperature, cfg.top_p, greedy)
+        logits = None
         running = []
         for i, (r, tok, lp) in enumerate(zip(batch.rows, tokens.tolist(), logps.tolist())):
             r.append([tok], sampled=True, logprobs=[lp])

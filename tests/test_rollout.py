@@ -579,6 +579,31 @@ def test_compaction_keeps_logits_and_removes_holes(tiny_model, tokenizer):
             torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
 
 
+def test_a_shared_prompt_is_computed_once_and_gives_every_row_its_logits(tiny_model, tokenizer):
+    """prefill_shared feeds prompts [A, A, B, A] as two rows, yet every row gets the logits (and then the next
+    step's) that its own forward gives; with no prompt shared it does nothing."""
+    model = tiny_model.eval()
+    torch.manual_seed(0)
+    a, b = torch.randint(3, 1000, (9,)).tolist(), torch.randint(3, 1000, (5,)).tolist()
+    seqs = [a, a, b, a]
+    rows = [Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
+    timer = {"forward_s": 0.0, "forward_calls": 0}
+    with torch.inference_mode():
+        assert KVBatch(model, rows[1:3], True, tokenizer.pad_token_id, timer).prefill_shared() is None
+        assert timer["forward_calls"] == 0 and all(r.n_fed == 0 for r in rows)
+        batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
+        logits = batch.prefill_shared()
+        assert timer["forward_calls"] == 1 and batch.cache.layers[0].keys.shape[0] == 4
+        assert all(r.n_fed == len(r.traj.token_ids) for r in rows)
+        for r, nxt in zip(rows, (7, 8, 9, 10)):
+            r.traj.token_ids.append(nxt)
+        following = batch.forward()
+        for i, r in enumerate(rows):
+            ids = torch.tensor([r.traj.token_ids])
+            torch.testing.assert_close(logits[i], model(input_ids=ids[:, :-1]).logits[0, -1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(following[i], model(input_ids=ids).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_growing_layer_appends_in_place_and_matches_concatenation():
     """A GrowingLayer holds what transformers' concatenating DynamicLayer holds after any sequence of appends,
     wholesale replacements (what compact and merge do) and column slices (select); while it has spare columns an
