@@ -255,9 +255,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # limit), sees every supporting passage in 38 of 55 multi-hop episodes and answers none (EM 0.00). GRPO
     # has to teach it to answer from what it found (seeds 1 and 2 already answer a quarter after the warm-up;
     # over the 3 seeds RL takes held-out EM 0.17 -> 0.28 and bridge + 3-hop 0.10 -> 0.17, README). Process
-    # reward 0.3 per search that surfaces a new supporting passage: with the earlier 6-step warm-up
-    # (`EARLIER_RECIPES["v1"]`) it was what kept the tool in use, but after this warm-up the seed-0 run
-    # without it learned more (bridge + 3-hop 0.25 vs 0.05), one seed so far. 20 RL steps, lr 5e-4.
+    # reward 0.3 per search that surfaces a new supporting passage: it keeps the tool in use. Without it
+    # (3 seeds) seed 2's policy stopped searching within 3 RL steps (EM 0.23 -> 0.07), as the earlier
+    # 6-step warm-up's did (`EARLIER_RECIPES["v1"]`); with it every seed searches about twice after RL.
+    # Seed 0 alone learned more without it (bridge + 3-hop 0.25 vs 0.05); the means over the seeds are
+    # 0.17 with it and 0.12 without. 20 RL steps, lr 5e-4.
     # LoRA on the top 15 of the 30 layers: the backward stops halfway (measured on 2 x ~500 tokens, one
     # thread: forward + backward 14.1 s -> 10.2 s) and the lower layers keep no activations; evaluation 25
     # episodes at a time bounds the KV cache (50 x 1,024 tokens would be 2.4 GB in fp32).
