@@ -31,7 +31,12 @@ def _add_config_args(
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Config field overrides")
     else:
         p.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="key=value", help="a Config override"
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="key=value",
+            help="a Config override",
         )
 
 

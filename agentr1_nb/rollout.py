@@ -14,9 +14,9 @@ How it stays exact and cheap:
   tokens gives exactly the actions the env saw (the misalignment of Search-R1 PR #21 cannot happen).
 - Stop strings are searched only in the text of the current turn's sampled tokens, so a tool that
   *returns* `</answer>` or the eos string cannot end or break an episode.
-- All rows share one KV cache (`kvcache.KVBatch`); a GRPO group's prompt is computed once for the group. Rows have different lengths, so padding appears as holes masked
-  out by a 2D attention mask, and explicit position ids (`cumsum(mask) - 1`) give every real token its true
-  position. A turn therefore prefills only the new observation tokens; once per turn the holes are
+- All rows share one KV cache (`kvcache.KVBatch`), and a GRPO group's prompt is computed once for the group.
+  Rows have different lengths, so padding appears as holes masked out by a 2D attention mask, and explicit
+  position ids (`cumsum(mask) - 1`) give every real token its true position. A turn therefore prefills only the new observation tokens; once per turn the holes are
   squeezed out again (`KVBatch.compact`), since attention kernels pay for masked columns too.
 - A row that stops leaves the decoding batch at once (its cache rows are moved aside and merged back for
   the observation prefill), and a finished episode leaves the cache for good: finished rows cost nothing.

@@ -1,7 +1,7 @@
 """Glue for the command line and the notebooks: the main job (`demo`), the shipped adapter and run records
-(`export_adapter`, `export_run_record`, `shipped_runs`), a trained agent loaded (`load_agent`) and one episode of it (`ask`) and one
-method's evaluation on a dataset (`run_eval`). Each puts the pipeline stages together; none holds a stage
-of its own.
+(`export_adapter`, `export_run_record`, `shipped_runs`), a trained agent (`load_agent`) and one episode of
+it (`ask`), and one method's evaluation on a dataset (`run_eval`). Each puts the pipeline stages together;
+none holds a stage of its own.
 """
 
 from __future__ import annotations

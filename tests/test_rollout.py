@@ -600,7 +600,9 @@ def test_a_shared_prompt_is_computed_once_and_gives_every_row_its_logits(tiny_mo
         following = batch.forward()
         for i, r in enumerate(rows):
             ids = torch.tensor([r.traj.token_ids])
-            torch.testing.assert_close(logits[i], model(input_ids=ids[:, :-1]).logits[0, -1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                logits[i], model(input_ids=ids[:, :-1]).logits[0, -1], atol=1e-4, rtol=1e-4
+            )
             torch.testing.assert_close(following[i], model(input_ids=ids).logits[0, -1], atol=1e-4, rtol=1e-4)
 
 
@@ -632,7 +634,7 @@ def test_growing_layer_appends_in_place_and_matches_concatenation():
         layer.keys, layer.values = layer.keys[:, :, 2:].contiguous(), layer.values[:, :, 2:].contiguous()
     append(1)
     for layer in (grow, cat):  # select drops columns at the ends with a slice
-        layer.keys, layer.values = layer.keys[..., : -3, :], layer.values[..., : -3, :]
+        layer.keys, layer.values = layer.keys[..., :-3, :], layer.values[..., :-3, :]
     append(2)
     for layer in (grow, cat):  # select keeps some rows
         layer.batch_select_indices(torch.tensor([0, 2]))

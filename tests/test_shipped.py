@@ -23,7 +23,9 @@ def recipe_of(name: str) -> dict:
 
 def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
-    today = {f"demo_s{seed}{ablation}" for seed in (0, 1, 2) for ablation in ("", "_no_process_reward")}  # README
+    today = {
+        f"demo_s{seed}{ablation}" for seed in (0, 1, 2) for ablation in ("", "_no_process_reward")
+    }  # README
     assert today | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
     for name, rec in records.items():
         recipe = recipe_of(name)
