@@ -45,6 +45,9 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         L, P = self.get_seq_length(), key_states.shape[-2]
         if not (self._views_of_buffers() and L + P <= self.key_buf.shape[-2]):
+            # Drop the old buffers first: if keys/values were replaced wholesale, nothing else needs them, and
+            # holding them while the new ones are allocated would keep a third copy of the cache alive.
+            self.key_buf = self.value_buf = None
             n, heads, _, d = key_states.shape
             self.key_buf = key_states.new_empty(n, heads, L + P + self.SPARE, d)  # (n, h, capacity, d)
             self.value_buf = value_states.new_empty(n, value_states.shape[1], L + P + self.SPARE, d)

@@ -642,6 +642,31 @@ def test_growing_layer_appends_in_place_and_matches_concatenation():
     assert grow.keys.shape == (2, 2, 5 + GrowingLayer.SPARE + 1 - 2 + 1 - 3 + 2 + 1, 4)
 
 
+def test_growing_layer_releases_its_old_buffer_before_allocating_a_new_one():
+    """After compact/merge replace a layer's tensors, its old buffer is garbage: it must be gone by the time the
+    next append allocates, or the layer holds three copies of the cache at once (old buffer, replaced tensors,
+    new buffer): the training phase's peak RSS."""
+    import weakref
+
+    old_alive_at_alloc = []
+
+    class Probe(
+        torch.Tensor
+    ):  # new states that report, when the layer allocates, whether the old buffer lives
+        def new_empty(self, *args, **kwargs):
+            old_alive_at_alloc.append(old() is not None)
+            return self.as_subclass(torch.Tensor).new_empty(*args, **kwargs)
+
+    layer = GrowingLayer()
+    layer.update(torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4))
+    old = weakref.ref(layer.key_buf)
+    layer.keys, layer.values = layer.keys[:2].clone(), layer.values[:2].clone()  # what compact does
+    k = torch.randn(2, 2, 1, 4).as_subclass(Probe)
+    layer.update(k, torch.randn(2, 2, 1, 4))
+    assert old_alive_at_alloc == [False] and old() is None
+    assert layer.keys.shape == (2, 2, 6, 4)
+
+
 def test_new_cache_refuses_sliding_window_models(tiny_model):
     from transformers import MistralConfig
 

@@ -11,8 +11,9 @@ from agentr1_nb.config import EARLIER_RECIPES, PRESETS, get_config
 from agentr1_nb.policy import load_policy
 
 # fields that may differ between the shipped run and the preset without changing the recipe: the run's own
-# choices, and the machine's folders (resolved from the environment when the config is built)
-_RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir"}
+# choices, the machine's folders (resolved from the environment when the config is built), and the micro-batch
+# (gradient accumulation: the same gradient up to rounding, less memory; the records before it became 2 used 4)
+_RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir", "micro_batch_size"}
 
 
 def recipe_of(name: str) -> dict:
