@@ -260,14 +260,15 @@ def test_grpo_config_maps_our_config():
     )
     one = trl_backend.grpo_config(cfg, "/tmp/unused", world=1)
     assert one.num_generations == cfg.group_size and one.generation_batch_size == 16
-    assert one.per_device_train_batch_size == 4 and one.gradient_accumulation_steps == 4
-    assert one.steps_per_generation == 4 and one.max_steps == cfg.steps
+    # cpu_demo: minibatch 16 episodes, 2 per forward -> 8 accumulated forwards per optimiser step
+    assert one.per_device_train_batch_size == 2 and one.gradient_accumulation_steps == 8
+    assert one.steps_per_generation == 8 and one.max_steps == cfg.steps  # 16 episodes / 2 per forward
     assert one.learning_rate == cfg.lr and one.beta == 0.01 and one.epsilon == 0.3 and one.temperature == 0.9
     assert one.loss_type == "grpo" and one.scale_rewards == "group" and one.top_k == 0
     assert one.use_cpu and not one.bf16 and not one.fp16 and one.report_to == []
     assert not one.mask_truncated_completions and one.seed == cfg.seed
     two = trl_backend.trl_batch_sizes(cfg.replace(minibatch_size=8), world=2)
-    assert two["gradient_accumulation_steps"] == 1 and two["updates_per_step"] == 2
+    assert two["gradient_accumulation_steps"] == 2 and two["updates_per_step"] == 2  # 8 / (2 x 2 processes)
     assert two["max_steps"] == 2 * cfg.steps
     with pytest.raises(ValueError, match="multiple of minibatch_size"):
         trl_backend.trl_batch_sizes(cfg.replace(minibatch_size=6))
