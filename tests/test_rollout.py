@@ -650,9 +650,8 @@ def test_growing_layer_releases_its_old_buffer_before_allocating_a_new_one():
 
     old_alive_at_alloc = []
 
-    class Probe(
-        torch.Tensor
-    ):  # new states that report, when the layer allocates, whether the old buffer lives
+    # new key states that report, when the layer allocates, whether the old buffer still lives
+    class Probe(torch.Tensor):
         def new_empty(self, *args, **kwargs):
             old_alive_at_alloc.append(old() is not None)
             return self.as_subclass(torch.Tensor).new_empty(*args, **kwargs)
