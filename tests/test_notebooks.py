@@ -39,6 +39,13 @@ def test_notebook_conventions(path):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged `parameters`"
     assert "FAST" in cells[tagged[0]].source
+    # papermill reads every `NAME = value  # help` line (its --help-notebook and -p); a comment it cannot
+    # parse (an `=` inside it, say) silently drops that parameter from the list
+    from papermill.translators import PythonTranslator
+
+    lines = [x for x in cells[tagged[0]].source.splitlines() if x.strip() and not x.lstrip().startswith("#")]
+    names = [p.name for p in PythonTranslator.inspect(cells[tagged[0]])]
+    assert len(names) == len(lines), f"papermill reads {names} from {len(lines)} parameter lines"
     setup = [c for c in cells[: tagged[0]] if c.cell_type == "code" and "google.colab" in c.source]
     assert setup and "pip" in setup[0].source, (
         "a setup cell that installs the package in Colab, before parameters"
