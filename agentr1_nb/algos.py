@@ -82,8 +82,10 @@ def batch_from_trajectories(trajs: Sequence[Any], pad_id: int) -> dict:
     """Collate trajectories into right-padded tensors in the layout described in the module docstring.
 
     Returns input_ids (B, T) long, attention_mask (B, T) long, action_mask (B, L) float, response_mask
-    (B, L) float, old_logprobs (B, L) float, group (B,) long. Rewards are not part of it: the caller adds
-    `rewards.token_rewards(trajs, cfg, T)` (B, L), which is in the same layout.
+    (B, L) float, old_logprobs (B, L) float, group (B,) long; and trunk_hidden (B, T, H) when every
+    trajectory carries the rollout's hidden states (`Trajectory.trunk_hidden`, zeros where no forward read
+    a token: its last). Rewards are not part of it: the caller adds `rewards.token_rewards(trajs, cfg, T)`
+    (B, L), which is in the same layout.
     """
     if not trajs:
         raise ValueError("batch_from_trajectories needs at least one trajectory")
@@ -115,6 +117,12 @@ def batch_from_trajectories(trajs: Sequence[Any], pad_id: int) -> dict:
         "old_logprobs": logprobs[:, 1:] * action[:, 1:],  # (B, L)
         "group": torch.tensor([int(t.group) for t in trajs], dtype=torch.long),  # (B,)
     }
+    trunks = [getattr(t, "trunk_hidden", None) for t in trajs]
+    if all(h is not None and h.shape[0] >= len(t.token_ids) - 1 for h, t in zip(trunks, trajs)):
+        trunk = trunks[0].new_zeros(B, T, trunks[0].shape[-1])  # (B, T, H)
+        for b, h in enumerate(trunks):
+            trunk[b, : h.shape[0]] = h
+        batch["trunk_hidden"] = trunk
     return batch
 
 

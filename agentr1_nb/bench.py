@@ -32,7 +32,7 @@ from . import __version__
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
 from .env import STOP_STRINGS, build_task, parse_action
-from .kvcache import left_pad
+from .kvcache import cache_kwarg, left_pad
 from .policy import (
     cpu_default_model_dir,
     cpu_has_bf16,
@@ -360,13 +360,14 @@ def decode_ceiling(model, rows: int, context: int, new_tokens: int = 16) -> floa
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (rows, context), device=device)
+    name = cache_kwarg(model)  # `cache` from transformers 5.24, `past_key_values` before
     with inference(model):
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (rows, 1)
+        cache, nxt = getattr(out, name), out.logits[:, -1].argmax(-1, keepdim=True)  # (rows, 1)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, **{name: cache}, use_cache=True, logits_to_keep=1)
+            cache, nxt = getattr(out, name), out.logits[:, -1].argmax(-1, keepdim=True)
         if nxt.is_cuda:
             torch.cuda.synchronize()
         return rows * new_tokens / (time.perf_counter() - t0)

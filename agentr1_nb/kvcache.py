@@ -9,7 +9,8 @@ of a ragged chunk, padding added when batches merge); the 2D attention mask hide
 since attention kernels pay for masked columns too.
 
 A row is any object with `traj.token_ids` (its whole history), `n_fed` (how many of those tokens are already
-in the cache) and `pending` (`traj.token_ids[n_fed:]`): the rollout's `Row`.
+in the cache) and `pending` (`traj.token_ids[n_fed:]`): the rollout's `Row`; with a `HiddenProbe`, also a
+list `hidden` that receives the probed layer's input for each token fed.
 """
 
 from __future__ import annotations
@@ -81,6 +82,34 @@ def new_cache(model) -> DynamicCache:
     return cache
 
 
+class HiddenProbe:
+    """Keeps every fed token's input to one decoder layer: a forward pre-hook on that layer holds the input
+    of the last call, and `KVBatch.forward` deals its columns out to the rows it fed (`row.hidden`, a list of
+    (t, H) pieces in token order). A context manager: the hook is removed on exit."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.layer, self.last, self.handle = layer, None, None
+
+    def __enter__(self) -> HiddenProbe:
+        self.handle = self.layer.register_forward_pre_hook(self._keep, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+        self.last = None
+
+    def _keep(self, module, args, kwargs) -> None:
+        self.last = (args[0] if args else kwargs["hidden_states"]).detach()  # (n, P, H)
+
+    def deal(self, rows: list, fed: list[int]) -> None:
+        """Row i was fed the last `fed[i]` columns of the call (left padding before them)."""
+        h, self.last = self.last, None
+        if h is None:
+            raise RuntimeError("HiddenProbe: the probed layer did not run in this forward")
+        for i, (r, n) in enumerate(zip(rows, fed)):
+            r.hidden.append(h[i, h.shape[1] - n :].clone())  # (n, H)
+
+
 class KVBatch:
     """Rows decoded together; `forward()` feeds each row's pending tokens and returns next-token logits (n, V).
 
@@ -92,11 +121,15 @@ class KVBatch:
     than with an explicit mask (SmolLM2-135M bf16, 16 rows x 700 cached tokens: 326 ms against 100 ms).
     Without the anchor that would happen whenever the rows left have equal lengths, e.g. a single row.
 
-    `timer` (a dict with `forward_s` and `forward_calls`) is shared by every batch made from this one.
+    `timer` (a dict with `forward_s` and `forward_calls`) and `probe` (a `HiddenProbe` or None) are shared by
+    every batch made from this one.
     """
 
-    def __init__(self, model, rows: list, use_cache: bool, pad_id: int, timer: dict, cache=None, mask=None):
+    def __init__(
+        self, model, rows: list, use_cache: bool, pad_id: int, timer: dict, cache=None, mask=None, probe=None
+    ):
         self.model, self.rows, self.use_cache, self.pad_id, self.timer = model, rows, use_cache, pad_id, timer
+        self.probe = probe
         self.device = next(model.parameters()).device
         self.anchor = int(self.device.type == "cpu")
         self.cache, self.mask = cache, mask
@@ -132,6 +165,12 @@ class KVBatch:
             torch.cuda.synchronize()
         self.timer["forward_s"] += time.perf_counter() - t0
         self.timer["forward_calls"] += 1
+        if self.probe is not None:
+            if not self.use_cache:  # the whole history was fed again: keep only this call's
+                for r in self.rows:
+                    r.hidden.clear()
+            fed = [len(p) for p in pending] if self.use_cache else [len(r.traj.token_ids) for r in self.rows]
+            self.probe.deal(self.rows, fed)
         for r in self.rows:
             r.n_fed = len(r.traj.token_ids)
         return logits
@@ -153,13 +192,15 @@ class KVBatch:
             index.append(lead_of[prompt])
         if len(leads) == len(self):
             return None
-        lead = KVBatch(self.model, leads, True, self.pad_id, self.timer)
+        lead = KVBatch(self.model, leads, True, self.pad_id, self.timer, probe=self.probe)
         logits = lead.forward()  # (leads, V)
         index = torch.tensor(index, device=self.device)  # (n,): each row's lead
         lead.cache.batch_select_indices(index)
         self.cache, self.mask = lead.cache, lead.mask[index]
-        for r in self.rows:
+        for r, i in zip(self.rows, index.tolist()):
             r.n_fed = len(r.traj.token_ids)
+            if self.probe is not None and r is not leads[i]:
+                r.hidden = list(leads[i].hidden)  # the same prompt, the same hidden states
         return logits[index]
 
     def compact(self) -> None:
@@ -184,7 +225,7 @@ class KVBatch:
         """A batch of the rows `idx` (this batch must not be used afterwards: the cache is shared)."""
         rows = [self.rows[i] for i in idx]
         if not self.use_cache:
-            return KVBatch(self.model, rows, False, self.pad_id, self.timer, cache=None, mask=None)
+            return KVBatch(self.model, rows, False, self.pad_id, self.timer, probe=self.probe)
         if len(idx) == len(self.rows) and idx == list(range(len(self.rows))):
             return self
         index = torch.tensor(idx, dtype=torch.long, device=self.device)
@@ -198,18 +239,18 @@ class KVBatch:
                 if getattr(layer, "keys", None) is not None and layer.keys.numel():
                     layer.keys, layer.values = layer.keys[..., lo:hi, :], layer.values[..., lo:hi, :]
             mask = mask[:, lo:hi]
-        return KVBatch(self.model, rows, True, self.pad_id, self.timer, cache=self.cache, mask=mask)
+        return KVBatch(self.model, rows, True, self.pad_id, self.timer, self.cache, mask, self.probe)
 
     def split(self, idx: list[int]) -> KVBatch:
         """A copy of rows `idx` of the batch (its own cache), leaving this batch intact."""
         rows = [self.rows[i] for i in idx]
         if not self.use_cache:
-            return KVBatch(self.model, rows, False, self.pad_id, self.timer)
+            return KVBatch(self.model, rows, False, self.pad_id, self.timer, probe=self.probe)
         index = torch.tensor(idx, dtype=torch.long, device=self.device)
         cache = new_cache(self.model)
         for li, layer in enumerate(self.cache.layers):
             cache.update(layer.keys[index], layer.values[index], li)
-        return KVBatch(self.model, rows, True, self.pad_id, self.timer, cache, self.mask[index])
+        return KVBatch(self.model, rows, True, self.pad_id, self.timer, cache, self.mask[index], self.probe)
 
     @staticmethod
     def merge(parts: list[KVBatch]) -> KVBatch:
@@ -220,7 +261,7 @@ class KVBatch:
             return first
         rows = [r for p in parts for r in p.rows]
         if not first.use_cache:
-            return KVBatch(first.model, rows, False, first.pad_id, first.timer)
+            return KVBatch(first.model, rows, False, first.pad_id, first.timer, probe=first.probe)
         # right-pad each part's cache with hole columns to a common length, then stack the rows
         length = max(p.mask.shape[1] for p in parts)
         for li, layer in enumerate(first.cache.layers):
@@ -228,7 +269,7 @@ class KVBatch:
             values = [pad_cols(p.cache.layers[li].values, length) for p in parts]
             layer.keys, layer.values = torch.cat(keys, 0), torch.cat(values, 0)
         mask = torch.cat([F.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts], 0)
-        return KVBatch(first.model, rows, True, first.pad_id, first.timer, cache=first.cache, mask=mask)
+        return KVBatch(first.model, rows, True, first.pad_id, first.timer, first.cache, mask, first.probe)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,10 @@
   the entropy must be taken under the same distribution.
 - `final_hidden(model, input_ids, attention_mask)`: the decoder's last hidden states (PPO's value features);
   with `share_prefix` (what `token_logprobs` does) a prompt that every row begins with runs once.
+- `trunk_layer(model)`: the first decoder layer with a trainable parameter. Below it the layers are frozen, so
+  a token's input to that layer is the same at rollout and at update time: the rollout keeps it
+  (`rollout(keep_hidden_at=...)`) and `final_hidden(trunk=..., trunk_at=...)` runs only the layers from there
+  on (`run_from_layer`). The CPU default adapts its top 15 of 30 layers: half of the update's forward.
 
 Benchmarks and the environment report are in `bench.py`, the memory arithmetic in `memory.py`.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import json
 import shutil
 import types
@@ -30,6 +35,7 @@ import torch
 from safetensors import safe_open
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 from .common import hub_reachable
 from .config import CPU_DEFAULT_MODEL, Config
@@ -336,8 +342,12 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no `enable_input_require_grads` hack.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing needs no `enable_input_require_grads` hack. transformers 5.x renamed
+        # gradient_checkpointing_enable (deprecated, removed in v6); use the new name where it exists.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     else:
@@ -387,13 +397,23 @@ def _decoder_and_head(model):
     return decoder, head
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers of a causal LM (through a PEFT wrapper)."""
+    return _decoder_and_head(model)[0].layers
+
+
 def valid_targets(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T-1) True where target token t and the token before it are both real (not padding)."""
     return attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
 
 
 def final_hidden(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, share_prefix: bool = False
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    share_prefix: bool = False,
+    trunk: torch.Tensor | None = None,
+    trunk_at: int | None = None,
 ) -> torch.Tensor:
     """The decoder's final hidden states (LoRA applied, or not inside `reference()`), without the logits.
 
@@ -406,6 +426,11 @@ def final_hidden(
     unshared one (each row's share of the prompt's keys and values summed); only the prompt's LoRA dropout
     noise is then shared by the rows. Off under activation checkpointing (transformers builds no cache
     there) and for a single row.
+
+    `trunk` (B, T, H) with `trunk_at` = k: every token's input to decoder layer k, as the rollout computed it
+    (`rollout(keep_hidden_at=k)`; the columns of padding are ignored). Only layers k.. run. Valid when
+    layers < k hold nothing trainable (`trunk_layer`): then they compute the same function at rollout and
+    at update time, up to the rounding of a different batch layout (fp32: ~1e-6, see the tests).
     """
     decoder, _ = _decoder_and_head(model)
     if attention_mask is None:
@@ -414,11 +439,20 @@ def final_hidden(
     B, T = input_ids.shape
     P = min(shared_prefix_len(input_ids, attention_mask), T - 1) if share_prefix else 0
     if P < MIN_SHARED_PREFIX or getattr(decoder, "is_activation_checkpointing", False):
+        if trunk is not None:
+            return run_from_layer(decoder, trunk, attention_mask, positions, trunk_at)  # (B, T, H)
         out = decoder(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         )
         return out.last_hidden_state  # (B, T, H)
     cache = DynamicCache(config=decoder.config)
+    if trunk is not None:  # the same two calls, from layer k on
+        prefix = run_from_layer(
+            decoder, trunk[:1, :P], attention_mask[:1, :P], positions[:1, :P], trunk_at, cache
+        )
+        cache.batch_repeat_interleave(B)  # layers k.. only: the cache of layers < k is empty
+        rest = run_from_layer(decoder, trunk[:, P:], attention_mask, positions[:, P:], trunk_at, cache)
+        return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
     kw = {cache_kwarg(decoder): cache, "use_cache": True}
     prefix = decoder(
         input_ids=input_ids[:1, :P],
@@ -431,6 +465,65 @@ def final_hidden(
         input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:], **kw
     ).last_hidden_state  # (B, T - P, H)
     return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
+
+
+def run_from_layer(
+    decoder,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    start: int,
+    cache=None,
+) -> torch.Tensor:
+    """Decoder layers `start`.. and the final norm on `hidden` (B, t, H), the input of layer `start` for
+    the t newest tokens: what the decoder's own forward does after its embedding and first `start` layers.
+    attention_mask (B, L) covers the cached tokens and these (L = cached + t), positions (B, t). With a
+    `cache` (a `DynamicCache`), layers `start`.. read and extend it; the mask takes its length from layer
+    `start`, since the layers below it have none."""
+    mask = create_causal_mask(
+        config=decoder.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=cache,
+        position_ids=positions,
+        layer_idx=start if cache is not None else None,
+    )
+    position_embeddings = decoder.rotary_emb(hidden, position_ids=positions)
+    for layer in decoder.layers[start : decoder.config.num_hidden_layers]:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=position_embeddings,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+    return decoder.norm(hidden)
+
+
+def trunk_layer(model) -> int | None:
+    """The first decoder layer holding a trainable parameter, when that is above layer 0 and every
+    trainable parameter lies in the decoder's layers (no trainable embedding or head); else None.
+
+    Layers below it are frozen, so a token's input to it does not change when the adapter learns: the
+    rollout can keep it and the update start there (`final_hidden(trunk=...)`). None also for a decoder
+    that `run_from_layer` cannot run: one without `layers`, `rotary_emb` and `norm` (the Llama / Qwen2
+    layout), with other than full-attention layers, or under a transformers older than its calls.
+    """
+    decoder, _ = _decoder_and_head(model)
+    layers = getattr(decoder, "layers", None)
+    if not {"cache", "layer_idx"} <= set(inspect.signature(create_causal_mask).parameters):
+        return None  # an older transformers 5.x (`past_key_values`, `cache_position`): recompute instead
+    if layers is None or not all(hasattr(decoder, a) for a in ("rotary_emb", "norm")):
+        return None
+    if any(t != "full_attention" for t in getattr(decoder.config, "layer_types", None) or []):
+        return None
+    layer_of = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable or any(id(p) not in layer_of for p in trainable):
+        return None
+    start = min(layer_of[id(p)] for p in trainable)
+    return start or None
 
 
 MIN_SHARED_PREFIX = 16
@@ -468,6 +561,8 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     positions: torch.Tensor | None = None,
+    trunk: torch.Tensor | None = None,
+    trunk_at: int | None = None,
 ):
     """log p(x_t | x_<t) for t = 1..T-1, without holding the full (B, T, V) fp32 logits.
 
@@ -485,12 +580,16 @@ def token_logprobs(
     `temperature` divides the logits, to match log-probs of a sampler that used that temperature (pass
     `cfg.temperature` for the ratio, the KL and the entropy); <= 0 means greedy and leaves them undivided,
     as `rollout.sample_tokens` records them.
+    `trunk` (B, T, H) and `trunk_at`: the rollout's inputs to layer `trunk_at`; the decoder then runs from
+    that layer on (`final_hidden`).
     Assumes the logits are `head(h)` with no extra scaling (true for Llama, Qwen2, SmolLM2).
     """
     _, head = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    hidden = final_hidden(model, input_ids, attention_mask, share_prefix=True)  # (B, T, H)
+    hidden = final_hidden(
+        model, input_ids, attention_mask, share_prefix=True, trunk=trunk, trunk_at=trunk_at
+    )  # (B, T, H)
     hidden = hidden[:, :-1]  # (B, T-1, H): position t-1 predicts token t
     targets = input_ids[:, 1:]  # (B, T-1)
     valid = valid_targets(attention_mask)  # (B, T-1)

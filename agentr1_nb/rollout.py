@@ -42,7 +42,8 @@ import torch
 from .config import Config
 from .data import QAExample
 from .env import STOP_STRINGS
-from .kvcache import KVBatch
+from .kvcache import HiddenProbe, KVBatch
+from .policy import decoder_layers
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Trajectory:
     em: float = 0.0
     f1: float = 0.0
     format_score: float = 0.0
+    trunk_hidden: torch.Tensor | None = field(default=None, repr=False)
+    """With `rollout(keep_hidden_at=k)`: (n, H), each fed token's input to decoder layer k, for the first n
+    tokens (all but the last, which no forward ever read); the update starts there (`policy.final_hidden`)."""
 
     @property
     def num_generated(self) -> int:
@@ -100,6 +104,8 @@ class Row:
     turn_start: int = 0
     turn_stop: str | None = None
     """Why the current turn's action ended, once it has."""
+    hidden: list = field(default_factory=list)
+    """With a `HiddenProbe`: the probed layer's input for the tokens fed so far, (t, H) pieces in order."""
 
     @property
     def pending(self) -> list[int]:
@@ -206,25 +212,33 @@ def rollout(
     greedy: bool = False,
     use_cache: bool = True,
     stats: dict | None = None,
+    keep_hidden_at: int | None = None,
 ) -> list[Trajectory]:
     """Sample `group_size` episodes per example; return them in order (row i is example i // group_size).
 
     `stats`, if given, is filled with wall_s, forward_s, forward_calls and generated_tokens.
+    `keep_hidden_at` = k: keep each token's input to decoder layer k in `Trajectory.trunk_hidden` (training
+    passes `policy.trunk_layer(model)`, so that its update runs only the layers it trains).
     """
     timer = {"forward_s": 0.0, "forward_calls": 0}
     t_start = time.perf_counter()
     rows = start_rows(examples, make_env, cfg, group_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = StopChecker(tokenizer, eos_ids(tokenizer, model))
-    batch = KVBatch(model, [r for r in rows if not r.traj.stop_reason], use_cache, pad_id, timer)
+    probe = HiddenProbe(decoder_layers(model)[keep_hidden_at]) if keep_hidden_at is not None else None
+    batch = KVBatch(model, [r for r in rows if not r.traj.stop_reason], use_cache, pad_id, timer, probe=probe)
 
-    with inference(model):
+    with inference(model), probe or contextlib.nullcontext():
         logits = batch.prefill_shared()  # a group's prompt once; None: fed at the first step as usual
         for turn in range(cfg.max_turns):
             if not len(batch):
                 break
             batch = _sample_turn(batch, stop, cfg, greedy, logits if turn == 0 else None)
             batch = step_envs(batch, tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
+    if probe is not None:  # outside inference mode: normal tensors, which autograd may save
+        for r in rows:
+            r.traj.trunk_hidden = torch.cat(r.hidden) if r.hidden else None  # (n_fed, H)
+            r.hidden = []
 
     if stats is not None:
         stats.update(timer)

@@ -30,6 +30,10 @@ Departures from the paper's training code (verl-based, 4 GPUs):
 - A minibatch's rows are ordered by group, so a micro-batch holding one group runs the group's prompt once
   (`policy.final_hidden(share_prefix=True)`; same log-probs and gradients, the prompt's LoRA dropout noise
   shared by the group's rows).
+- When LoRA adapts only the top layers (`lora_top_layers`, the CPU default), the rollout keeps every token's
+  input to the first adapted layer and the update runs only the adapted layers on it (`reuse_trunk`,
+  `policy.trunk_layer`): the frozen layers below compute the same function at both times. The rollout's
+  cached decoding and the update's full pass round differently (fp32: ~1e-6).
 - PPO's critic is a linear value head on the policy's final hidden states (a shared backbone with a
   separate head, trained by its own loss), not a second 3B model.
 - A NaN/inf loss or gradient skips the update and is logged; after `max_bad_steps` the run stops and the
@@ -70,7 +74,7 @@ from .common import (
 )
 from .config import Config
 from .env import Task, build_task
-from .policy import compute_dtype, final_hidden, load_policy, reference, token_logprobs
+from .policy import compute_dtype, final_hidden, load_policy, reference, token_logprobs, trunk_layer
 from .rewards import score_trajectory, token_rewards
 from .rollout import rollout
 
@@ -82,6 +86,7 @@ RESUMABLE_FIELDS = (
     "eval_batch_size",
     "micro_batch_size",
     "logprob_chunk",
+    "reuse_trunk",
     "tool_timeout_s",
     "cache_dir",
     "data_dir",
@@ -176,6 +181,8 @@ def train(
             value_head = algos.ValueHead(_hidden_size(model)).to(device)
             params += list(value_head.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the update starts at the first adapted layer, from the inputs the rollout gave it (None: layer 0)
+        trunk_at = trunk_layer(model) if cfg.reuse_trunk else None
         warm = cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
@@ -204,13 +211,23 @@ def train(
                 # 2. rollout (no grad, eval mode: LoRA dropout off)
                 model.eval()
                 with torch.no_grad():
-                    trajs = rollout(model, tokenizer, examples, task.make_env, cfg, group_size=cfg.group_size)
+                    trajs = rollout(
+                        model,
+                        tokenizer,
+                        examples,
+                        task.make_env,
+                        cfg,
+                        cfg.group_size,
+                        keep_hidden_at=trunk_at,
+                    )
                 t_roll = time.perf_counter() - t0
 
                 # 3. rewards and the batch, on the model's device, in the log-prob layout (B, L = T-1)
                 for t in trajs:
                     score_trajectory(t, cfg)
                 batch = algos.batch_from_trajectories(trajs, tokenizer.pad_token_id)
+                for t in trajs:
+                    t.trunk_hidden = None  # in the batch now
                 B, T = batch["input_ids"].shape
                 batch["token_rewards"] = token_rewards(trajs, cfg, T)  # (B, L)
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -223,18 +240,22 @@ def train(
                 with torch.no_grad():
                     if recompute_old_logprobs(cfg):
                         batch["old_logprobs"] = _per_micro_batch(
-                            batch, cfg, lambda ids, am, pos: _logprobs(model, ids, am, cfg, pos)
+                            batch,
+                            cfg,
+                            lambda ids, am, pos, tr: _logprobs(model, ids, am, cfg, pos, tr, trunk_at),
                         )
                     batch["ref_logprobs"] = None
                     if cfg.kl_coef > 0:
                         with reference(model):
                             batch["ref_logprobs"] = _per_micro_batch(
-                                batch, cfg, lambda ids, am, pos: _logprobs(model, ids, am, cfg, pos)
+                                batch,
+                                cfg,
+                                lambda ids, am, pos, tr: _logprobs(model, ids, am, cfg, pos, tr, trunk_at),
                             )
                     batch["old_values"] = None
                     if value_head is not None:
                         batch["old_values"] = _per_micro_batch(
-                            batch, cfg, lambda ids, am, pos: _values(model, value_head, ids, am)
+                            batch, cfg, lambda ids, am, pos, tr: _values(model, value_head, ids, am)
                         )
                 t_logp = time.perf_counter() - t1
 
@@ -273,7 +294,7 @@ def train(
                         for micro_rows in mb_rows.split(cfg.micro_batch_size):
                             micro = _select(batch, micro_rows)
                             with acc.autocast():
-                                loss, m = _micro_loss(model, value_head, micro, cfg)
+                                loss, m = _micro_loss(model, value_head, micro, cfg, trunk_at)
                             if not algos.is_finite_loss(loss):
                                 ok = False
                                 break
@@ -399,10 +420,20 @@ def recompute_old_logprobs(cfg: Config) -> bool:
     return cfg.load_in_4bit or compute_dtype(cfg) != torch.float32
 
 
-def _logprobs(model, ids, am, cfg: Config, positions=None) -> torch.Tensor:
-    """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only."""
+def _logprobs(model, ids, am, cfg: Config, positions=None, trunk=None, trunk_at=None) -> torch.Tensor:
+    """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only; from the
+    rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H))."""
+    if trunk is None or trunk_at is None:
+        trunk, trunk_at = None, None
     return token_logprobs(
-        model, ids, am, chunk=cfg.logprob_chunk, temperature=cfg.temperature, positions=positions
+        model,
+        ids,
+        am,
+        chunk=cfg.logprob_chunk,
+        temperature=cfg.temperature,
+        positions=positions,
+        trunk=trunk,
+        trunk_at=trunk_at,
     )
 
 
@@ -414,9 +445,11 @@ def _values(model, value_head, ids, am) -> torch.Tensor:
     return algos.values_from_hidden(value_head, h)
 
 
-def _micro_loss(model, value_head, micro: dict, cfg: Config):
-    """The loss of one micro-batch (policy loss + KL - entropy [+ value loss]) and its metrics."""
+def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | None = None):
+    """The loss of one micro-batch (policy loss + KL - entropy [+ value loss]) and its metrics; the decoder
+    runs from layer `trunk_at` on the rollout's inputs to it when the batch has them."""
     ids, am = micro["input_ids"], micro["attention_mask"]
+    trunk = micro.get("trunk_hidden") if trunk_at is not None else None
     want_entropy = cfg.entropy_coef > 0
     out = token_logprobs(
         model,
@@ -426,6 +459,8 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config):
         temperature=cfg.temperature,
         with_entropy=want_entropy,
         positions=micro["loss_weight"] > 0,
+        trunk=trunk,
+        trunk_at=trunk_at if trunk is not None else None,
     )
     logp, entropy = out if want_entropy else (out, None)
     loss, metrics = algos.policy_loss(
@@ -470,20 +505,23 @@ def _trim(ids: torch.Tensor, am: torch.Tensor):
 
 
 def _per_micro_batch(batch: dict, cfg: Config, fn) -> torch.Tensor:
-    """fn(ids, am, positions) -> (b, t-1) over micro-batches of the trimmed rows, padded back to (B, T-1);
-    `positions` are the loss's tokens (`batch["loss_weight"] > 0`) in the trimmed layout."""
+    """fn(ids, am, positions, trunk) -> (b, t-1) over micro-batches of the trimmed rows, padded back to
+    (B, T-1); `positions` are the loss's tokens (`batch["loss_weight"] > 0`) in the trimmed layout, `trunk`
+    the rows' `trunk_hidden` (b, t, H) or None."""
     B, T = batch["input_ids"].shape
     parts = []
     for i in range(0, B, cfg.micro_batch_size):
         rows = slice(i, i + cfg.micro_batch_size)
         ids, am = _trim(batch["input_ids"][rows], batch["attention_mask"][rows])
-        x = fn(ids, am, batch["loss_weight"][rows, : ids.shape[1] - 1] > 0)
+        trunk = batch.get("trunk_hidden")
+        trunk = None if trunk is None else trunk[rows, : ids.shape[1]]
+        x = fn(ids, am, batch["loss_weight"][rows, : ids.shape[1] - 1] > 0, trunk)
         parts.append(torch.nn.functional.pad(x, (0, T - 1 - x.shape[1])))
     return torch.cat(parts)  # (B, T-1)
 
 
-TOKEN_KEYS = ("input_ids", "attention_mask")
-"""The (B, T) tensors of a batch; every other per-token tensor is (B, T-1), the log-prob layout."""
+TOKEN_KEYS = ("input_ids", "attention_mask", "trunk_hidden")
+"""The (B, T[, H]) tensors of a batch; every other per-token tensor is (B, T-1), the log-prob layout."""
 
 
 def _select(batch: dict, rows: torch.Tensor) -> dict:

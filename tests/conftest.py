@@ -62,16 +62,27 @@ TINY_RUN = [
 20-person world; each test file adds its batch sizes."""
 
 
-def tiny_lora_policy(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2):
-    """`make_tiny_model` with the tokenizer's vocabulary and a fresh rank-4 LoRA on every linear layer."""
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_lora_policy(
+    tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2, top_layers: int | None = None
+):
+    """`make_tiny_model` with the tokenizer's vocabulary and a fresh rank-4 LoRA on every linear layer (of
+    the top `top_layers` decoder layers only, when given: as `lora_top_layers` does)."""
     from peft import LoraConfig, get_peft_model
 
     base = make_tiny_model(len(tokenizer), seed=seed, hidden=hidden, layers=layers)
     base.config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    return get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    if top_layers is None:
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    else:
+        top = list(range(layers - top_layers, layers))
+        lora = LoraConfig(
+            r=4, lora_alpha=8, target_modules=LINEARS, layers_to_transform=top, task_type="CAUSAL_LM"
+        )
+    return get_peft_model(base, lora)
 
 
 @pytest.fixture

@@ -90,6 +90,21 @@ def test_batch_layout_is_shifted_and_right_padded():
     assert rewards.sum(-1).tolist() == pytest.approx([1.1, 0.0])
 
 
+def test_batch_carries_the_rollouts_trunk_states_only_when_every_row_has_them():
+    a = _traj(3, [("a", 2), ("o", 2), ("a", 1)], group=0)  # 8 tokens
+    b = _traj(2, [("a", 2)], group=1)  # 4 tokens
+    assert "trunk_hidden" not in batch_from_trajectories([a, b], pad_id=0)
+    a.trunk_hidden = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # all but the last token
+    assert "trunk_hidden" not in batch_from_trajectories([a, b], pad_id=0)  # b has none
+    b.trunk_hidden = torch.ones(4, 3)
+    trunk = batch_from_trajectories([a, b], pad_id=0)["trunk_hidden"]
+    assert trunk.shape == (2, 8, 3)
+    assert torch.equal(trunk[0, :7], a.trunk_hidden) and not trunk[0, 7].any()
+    assert torch.equal(trunk[1, :4], b.trunk_hidden) and not trunk[1, 4:].any()
+    b.trunk_hidden = torch.ones(2, 3)  # fewer than the tokens a forward read: unusable
+    assert "trunk_hidden" not in batch_from_trajectories([a, b], pad_id=0)
+
+
 def test_batch_rejects_bad_input():
     with pytest.raises(ValueError, match="at least one"):
         batch_from_trajectories([], 0)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, tiny_lora_policy
 
 from agentr1_nb import policy
 from agentr1_nb.bench import token_logprobs_naive
@@ -501,3 +501,67 @@ def test_auto_dtype_on_the_cpu_follows_its_bf16_support(monkeypatch, has_bf16, e
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: has_bf16)
     assert policy.compute_dtype(Config(compute_dtype="auto")) == expected
+
+
+def _top_lora(seed: int = 0):
+    """A 4-layer tiny Llama with a LoRA on layers 2 and 3 whose B matrices are not zero (so it matters)."""
+    model = tiny_lora_policy(_Vocab(300), seed, layers=4, top_layers=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    return model
+
+
+class _Vocab:
+    """Stands in for a tokenizer where only its size and pad id matter."""
+
+    def __init__(self, n: int):
+        self.n, self.pad_token_id = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def test_trunk_layer_is_the_first_adapted_layer_when_nothing_below_trains():
+    assert policy.trunk_layer(_top_lora()) == 2
+    assert policy.trunk_layer(tiny_lora_policy(_Vocab(300), layers=4)) is None  # LoRA on layer 0: no trunk
+    assert policy.trunk_layer(make_tiny_model(300)) is None  # everything trains, the embedding too
+    model = _top_lora()
+    model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
+    assert policy.trunk_layer(model) is None  # a trainable embedding lies below every layer
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
+    """final_hidden / token_logprobs from the inputs of the first adapted layer give the full pass's hidden
+    states, log-probs and LoRA gradients (rows with a shared prompt, right padding)."""
+    model = _top_lora()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (3, 40))
+    ids[1:, :20] = ids[0, :20]  # a shared 20-token prompt
+    mask = torch.ones_like(ids)
+    mask[2, 33:] = 0
+    positions = policy.position_ids_from_mask(mask)
+    decoder = model.get_base_model().model
+    with torch.no_grad():
+        trunk = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        trunk = trunk.hidden_states[2]  # (B, T, H): the input of layer 2
+        trunk[2, 33:] = 0.0  # padding: never read
+        full = policy.final_hidden(model, ids, mask, share_prefix=share_prefix)
+        part = policy.final_hidden(model, ids, mask, share_prefix=share_prefix, trunk=trunk, trunk_at=2)
+    real = mask.bool()
+    torch.testing.assert_close(part[real], full[real], atol=1e-5, rtol=1e-5)
+    model.train()
+    grads = []
+    for kw in ({}, {"trunk": trunk, "trunk_at": 2}):
+        model.zero_grad()
+        logp = token_logprobs(model, ids, mask, chunk=8, **kw)
+        (logp * torch.linspace(-1, 1, logp.shape[1])).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # the embedding and layers 0-1 did not run: a trunk of zeros gives other hidden states than the tokens
+    with torch.no_grad():
+        other = policy.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
+    assert not torch.allclose(other[real], full[real], atol=1e-2)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_lora_policy
 
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
@@ -702,3 +703,35 @@ def test_non_finite_logits_are_a_clear_error_naming_the_dtype(greedy):
     logits[2, 0] = float("nan")
     with pytest.raises(RuntimeError, match=r"non-finite logits \(torch.float16\) for 2 of 3 rows.*bf16"):
         sample_tokens(logits, 1.0, 1.0, greedy)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_rollout_keeps_each_tokens_input_to_the_trunk_layer(tokenizer, use_cache):
+    """keep_hidden_at=k: every token a forward read gets its input to decoder layer k, as a full forward of
+    the finished trajectory computes it (shared prompts, rows stopping at different steps, observations),
+    as a normal tensor autograd can use; without it the trajectories carry none."""
+    from agentr1_nb.policy import trunk_layer
+
+    inner = tiny_lora_policy(tokenizer, layers=4, top_layers=2)
+    k = trunk_layer(inner)
+    assert k == 2
+    model = BiasedLM(inner, {tokenizer.eos_token_id: 3.0})
+    c = cfg(max_tokens_per_turn=10)
+    make_env, _ = tool_env_factory(tokenizer, c)
+    torch.manual_seed(0)
+    trajs = rollout(model, tokenizer, examples(2), make_env, c, 3, use_cache=use_cache, keep_hidden_at=k)
+    assert len({len(t.token_ids) for t in trajs}) > 1  # rows of different lengths
+    decoder = inner.get_base_model().model
+    for t in trajs:
+        h = t.trunk_hidden
+        assert h is not None and not h.is_inference() and not h.requires_grad
+        assert h.shape == (len(t.token_ids) - 1, 64)  # all but the last token, which nothing read
+        with torch.no_grad():
+            full = decoder(input_ids=torch.tensor([t.token_ids]), output_hidden_states=True).hidden_states[k][
+                0
+            ]
+        torch.testing.assert_close(h, full[:-1], atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    plain = rollout(model, tokenizer, examples(2), make_env, c, 3, use_cache=use_cache)
+    assert all(t.trunk_hidden is None for t in plain)
+    assert [t.token_ids for t in plain] == [t.token_ids for t in trajs]  # keeping them changes no draw

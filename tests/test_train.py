@@ -474,3 +474,40 @@ def test_a_micro_batch_of_one_group_runs_its_prompt_once(tmp_path, tokenizer):
     prompt = min(len(task.make_env().reset(e)) for e in task.train)  # at least the shortest prompt is shared
     assert len(update) == 4, update  # 2 micro-batches x (prefix, rest)
     assert [s[0] for s in update] == [1, 2, 1, 2] and all(s[1] >= prompt - 1 for s in update[::2]), update
+
+
+def test_the_update_starts_at_the_first_adapted_layer(tmp_path, tokenizer):
+    """With LoRA on the top layer only, the update runs that layer alone, on the inputs the rollout gave it
+    (`reuse_trunk`), and trains as recomputing every layer does: the same rollouts, the same first ratio of
+    1, the same LoRA weights after two steps up to fp32 rounding."""
+    cfg = _cfg("steps=2", "minibatch_size=4", "micro_batch_size=2")
+    runs_, calls = {}, []
+    for reuse in (True, False):
+        model = tiny_lora_policy(tokenizer, layers=2, top_layers=1)
+        task = build_task(cfg, tokenizer)
+        layer0 = model.get_base_model().model.layers[0]
+        hook = layer0.register_forward_pre_hook(
+            lambda *a, r=reuse: calls.append((r, torch.is_grad_enabled()))
+        )
+        try:
+            hist = train(
+                cfg.replace(reuse_trunk=reuse),
+                tmp_path / str(reuse),
+                model=model,
+                tokenizer=tokenizer,
+                task=task,
+            )
+        finally:
+            hook.remove()
+        runs_[reuse] = (hist, _lora_state(model))
+    assert (True, True) not in calls and (
+        False,
+        True,
+    ) in calls  # layer 0 ran in the update only when recomputed
+    (new, w_new), (old, w_old) = runs_[True], runs_[False]
+    for a, b in zip(new, old):
+        assert a["reward"] == b["reward"] and a["searches"] == b["searches"]  # the same rollouts
+        assert a["first_ratio_max"] == pytest.approx(1.0, abs=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for k in w_new:
+        torch.testing.assert_close(w_new[k], w_old[k], atol=1e-5, rtol=1e-4)
