@@ -40,6 +40,7 @@ from .policy import (
     load_policy,
     position_ids_from_mask,
     token_logprobs,
+    trunk_layer,
     valid_targets,
 )
 from .rollout import eos_ids, inference, rollout
@@ -382,8 +383,10 @@ def bench_step(cfg: Config, steps: int = 2) -> dict:
     `rollout_s`, `logprob_s` (old/ref passes), `update_s`, `step_s`, `rollout_tokens_per_s` (generated
     tokens per second of rollout), `first_ratio_mean` / `first_ratio_max` / `first_clip_frac` (the first
     minibatch's ratios on fresh data: 1 when the training pass reproduces the sampler); then
-    `forward_ceiling_tokens_per_s` (`decode_ceiling` at the rollout's batch and the prompt's length) and
-    `peak_rss_mb` (the whole process, warm-up and training included).
+    `forward_ceiling_tokens_per_s` (`decode_ceiling` at the rollout's batch and the prompt's length),
+    `peak_rss_mb` (the whole process, warm-up and training included) and `update_from_layer` (the layer
+    the update started at: `trunk_layer` with `reuse_trunk`, else 0). `reuse_trunk=false` times the update
+    that recomputes every layer.
     """
     set_seed(cfg.seed)
     model, tokenizer = load_policy(cfg)
@@ -414,6 +417,7 @@ def bench_step(cfg: Config, steps: int = 2) -> dict:
         mean_turns=avg("turns"),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         threads=torch.get_num_threads(),
+        update_from_layer=(trunk_layer(model) if cfg.reuse_trunk else None) or 0,
     )
     return out
 

@@ -80,11 +80,14 @@ def test_bench_parser_reports_the_worst_case_per_size():
 
 
 def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
-    """`bench step` on a tiny model: the breakdown adds up, the ceiling is measured, fp32 is on-policy."""
+    """`bench step` on a tiny model with LoRA on its top layer: the breakdown adds up, the ceiling is
+    measured, the update starts at the adapted layer, fp32 is on-policy."""
     from conftest import tiny_lora_policy
 
     monkeypatch.setattr(
-        bench, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+        bench,
+        "load_policy",
+        lambda cfg, adapter=None: (tiny_lora_policy(tokenizer, layers=2, top_layers=1), tokenizer),
     )
     cfg = Config(
         questions_per_step=2,
@@ -103,3 +106,4 @@ def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
     assert out["rollout_s"] + out["update_s"] <= out["step_s"] + 1e-3
     assert out["forward_ceiling_tokens_per_s"] > 0 and out["steps_timed"] == 1 and out["rollout_rows"] == 4
     assert out["first_ratio_mean"] == pytest.approx(1.0, abs=1e-3) and out["peak_rss_mb"] > 100
+    assert out["update_from_layer"] == 1
