@@ -727,10 +727,8 @@ def test_rollout_keeps_each_tokens_input_to_the_trunk_layer(tokenizer, use_cache
         assert h is not None and not h.is_inference() and not h.requires_grad
         assert h.shape == (len(t.token_ids) - 1, 64)  # all but the last token, which nothing read
         with torch.no_grad():
-            full = decoder(input_ids=torch.tensor([t.token_ids]), output_hidden_states=True).hidden_states[k][
-                0
-            ]
-        torch.testing.assert_close(h, full[:-1], atol=1e-5, rtol=1e-5)
+            out = decoder(input_ids=torch.tensor([t.token_ids]), output_hidden_states=True)
+        torch.testing.assert_close(h, out.hidden_states[k][0, :-1], atol=1e-5, rtol=1e-5)
     torch.manual_seed(0)
     plain = rollout(model, tokenizer, examples(2), make_env, c, 3, use_cache=use_cache)
     assert all(t.trunk_hidden is None for t in plain)
