@@ -30,8 +30,8 @@ class GrowingLayer(DynamicLayer):
     every decoding step. SmolLM2-135M, 16 rows x 500 cached tokens, one thread: 600-630 -> 520-580 ms per step,
     the same tokens (with `prefill_shared`, the cpu_demo rollout of 16 episodes: 72 -> 55 s, one thread).
 
-    `KVBatch` also replaces `keys`/`values` wholesale (compact, select, merge): the next `update` notices they are
-    no longer views of its buffers and copies them into new ones, once.
+    `KVBatch` also replaces `keys`/`values` wholesale (compact, select, merge) through `replace` and
+    `batch_select_indices`, which drop the buffers; the next `update` copies the new tensors into new ones, once.
     """
 
     SPARE = 64
@@ -59,6 +59,17 @@ class GrowingLayer(DynamicLayer):
         self.value_buf[..., L : L + P, :] = value_states
         self.keys, self.values = self.key_buf[..., : L + P, :], self.value_buf[..., : L + P, :]
         return self.keys, self.values
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Set keys/values wholesale and let go of the buffers at once: they would otherwise stay alive until
+        the next `update`, so that after `KVBatch.compact`, `select` or `merge` every layer held two copies of
+        its cache (the eval's 25 rows x 1,024 tokens: 1.2 GB each in fp32)."""
+        self.keys, self.values = keys, values
+        self.key_buf = self.value_buf = None
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)  # new tensors: the buffers hold only the rows dropped
+        self.key_buf = self.value_buf = None
 
     def _views_of_buffers(self) -> bool:
         """Whether keys/values are still the leading columns of this layer's buffers (nobody replaced them)."""
@@ -217,8 +228,10 @@ class KVBatch:
         rows = torch.arange(len(self), device=self.device)[:, None]
         for layer in self.cache.layers:
             # (n, h, L, d) -> (n, L, h, d)[rows, idx] -> (n, W, h, d) -> (n, h, W, d)
-            layer.keys = layer.keys.transpose(1, 2)[rows, idx].transpose(1, 2).contiguous()
-            layer.values = layer.values.transpose(1, 2)[rows, idx].transpose(1, 2).contiguous()
+            layer.replace(
+                layer.keys.transpose(1, 2)[rows, idx].transpose(1, 2).contiguous(),
+                layer.values.transpose(1, 2)[rows, idx].transpose(1, 2).contiguous(),
+            )
         self.mask = torch.gather(self.mask, 1, idx)
 
     def select(self, idx: list[int]) -> KVBatch:
@@ -237,7 +250,7 @@ class KVBatch:
         if (lo, hi) != (0, mask.shape[1]):
             for layer in self.cache.layers:
                 if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                    layer.keys, layer.values = layer.keys[..., lo:hi, :], layer.values[..., lo:hi, :]
+                    layer.replace(layer.keys[..., lo:hi, :], layer.values[..., lo:hi, :])
             mask = mask[:, lo:hi]
         return KVBatch(self.model, rows, True, self.pad_id, self.timer, self.cache, mask, self.probe)
 
@@ -267,7 +280,7 @@ class KVBatch:
         for li, layer in enumerate(first.cache.layers):
             keys = [pad_cols(p.cache.layers[li].keys, length) for p in parts]
             values = [pad_cols(p.cache.layers[li].values, length) for p in parts]
-            layer.keys, layer.values = torch.cat(keys, 0), torch.cat(values, 0)
+            layer.replace(torch.cat(keys, 0), torch.cat(values, 0))
         mask = torch.cat([F.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts], 0)
         return KVBatch(first.model, rows, True, first.pad_id, first.timer, first.cache, mask, first.probe)
 

@@ -432,6 +432,8 @@ def final_hidden(
     layers < k hold nothing trainable (`trunk_layer`): then they compute the same function at rollout and
     at update time, up to the rounding of a different batch layout (fp32: ~1e-6, see the tests).
     """
+    if trunk is not None and trunk_at is None:
+        raise ValueError("final_hidden: `trunk` needs `trunk_at`, the layer it is the input of")
     decoder, _ = _decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

@@ -423,8 +423,6 @@ def recompute_old_logprobs(cfg: Config) -> bool:
 def _logprobs(model, ids, am, cfg: Config, positions=None, trunk=None, trunk_at=None) -> torch.Tensor:
     """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only; from the
     rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H))."""
-    if trunk is None or trunk_at is None:
-        trunk, trunk_at = None, None
     return token_logprobs(
         model,
         ids,
@@ -449,7 +447,6 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | Non
     """The loss of one micro-batch (policy loss + KL - entropy [+ value loss]) and its metrics; the decoder
     runs from layer `trunk_at` on the rollout's inputs to it when the batch has them."""
     ids, am = micro["input_ids"], micro["attention_mask"]
-    trunk = micro.get("trunk_hidden") if trunk_at is not None else None
     want_entropy = cfg.entropy_coef > 0
     out = token_logprobs(
         model,
@@ -459,8 +456,8 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | Non
         temperature=cfg.temperature,
         with_entropy=want_entropy,
         positions=micro["loss_weight"] > 0,
-        trunk=trunk,
-        trunk_at=trunk_at if trunk is not None else None,
+        trunk=micro.get("trunk_hidden"),  # (b, T, H) when the rollout kept it (only with trunk_at)
+        trunk_at=trunk_at,
     )
     logp, entropy = out if want_entropy else (out, None)
     loss, metrics = algos.policy_loss(

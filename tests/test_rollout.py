@@ -631,11 +631,12 @@ def test_growing_layer_appends_in_place_and_matches_concatenation():
     assert grow.key_buf.data_ptr() == buf and grow.keys.shape[-2] == 5 + GrowingLayer.SPARE
     append(1)  # out of spare columns: one new buffer
     assert grow.key_buf.data_ptr() != buf
-    for layer in (grow, cat):  # compact / merge replace the tensors: the next append copies them once
-        layer.keys, layer.values = layer.keys[:, :, 2:].contiguous(), layer.values[:, :, 2:].contiguous()
+    # compact / merge replace the tensors: the next append copies them once
+    grow.replace(grow.keys[:, :, 2:].contiguous(), grow.values[:, :, 2:].contiguous())
+    cat.keys, cat.values = cat.keys[:, :, 2:].contiguous(), cat.values[:, :, 2:].contiguous()
     append(1)
-    for layer in (grow, cat):  # select drops columns at the ends with a slice
-        layer.keys, layer.values = layer.keys[..., :-3, :], layer.values[..., :-3, :]
+    grow.replace(grow.keys[..., :-3, :], grow.values[..., :-3, :])  # select drops end columns with a slice
+    cat.keys, cat.values = cat.keys[..., :-3, :], cat.values[..., :-3, :]
     append(2)
     for layer in (grow, cat):  # select keeps some rows
         layer.batch_select_indices(torch.tensor([0, 2]))
@@ -665,6 +666,58 @@ def test_growing_layer_releases_its_old_buffer_before_allocating_a_new_one():
     layer.update(k, torch.randn(2, 2, 1, 4))
     assert old_alive_at_alloc == [False] and old() is None
     assert layer.keys.shape == (2, 2, 6, 4)
+
+
+def test_compact_select_and_merge_leave_one_copy_of_the_cache(tiny_model, tokenizer):
+    """After each wholesale replacement (compact, select, merge) every layer holds its cache once: the buffer it
+    replaced is freed at once, not at the layer's next append (before, the eval's 25 x 1,024-token cache was
+    held twice from a compaction to the next forward). The logits are those of each row's own forward."""
+    import weakref
+
+    model = tiny_model.eval()
+    torch.manual_seed(0)
+    seqs = [torch.randint(3, 1000, (n,)).tolist() for n in (3, 12, 7, 5)]
+    rows = [Row(Trajectory(None, 0, len(s), list(s), [0] * len(s), [0.0] * len(s)), None) for s in seqs]
+    timer = {"forward_s": 0.0, "forward_calls": 0}
+
+    def one_copy(batch):
+        for layer in batch.cache.layers:
+            assert layer.key_buf is None or layer._views_of_buffers()
+            assert layer.value_buf is None or layer._views_of_buffers()
+
+    def bufs(batch):
+        return [weakref.ref(layer.key_buf) for layer in batch.cache.layers]
+
+    with torch.inference_mode():
+        batch = KVBatch(model, rows, True, tokenizer.pad_token_id, timer)
+        batch.forward()
+        for r, extra in zip(rows, ([1, 2, 3, 4, 5, 6, 7, 8, 9], [10], [11, 12], [13])):
+            r.traj.token_ids.extend(extra)
+        batch.forward()  # a ragged chunk: holes to squeeze out
+        old = bufs(batch)
+        batch.compact()
+        one_copy(batch)
+        assert all(ref() is None for ref in old)
+        for r in rows:
+            r.traj.token_ids.append(41)
+        batch.forward()  # new buffers
+        old = bufs(batch)
+        stopped = batch.split([1])
+        batch = batch.select([0, 2, 3])
+        one_copy(batch)
+        assert all(ref() is None for ref in old)
+        old = [weakref.ref(layer.keys) for layer in batch.cache.layers] + bufs(stopped)
+        batch = KVBatch.merge([batch, stopped])
+        one_copy(batch)
+        del stopped
+        assert all(ref() is None for ref in old)
+        for r in batch.rows:
+            r.traj.token_ids.append(42)
+        logits = batch.forward()
+        one_copy(batch)
+        for i, r in enumerate(batch.rows):
+            ref = model(input_ids=torch.tensor([r.traj.token_ids])).logits[0, -1]
+            torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
 
 
 def test_new_cache_refuses_sliding_window_models(tiny_model):
