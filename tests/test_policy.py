@@ -565,3 +565,5 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
     with torch.no_grad():
         other = policy.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
     assert not torch.allclose(other[real], full[real], atol=1e-2)
+    with pytest.raises(ValueError, match="trunk_at"):  # a trunk is the input of some layer: which one?
+        policy.final_hidden(model, ids, mask, trunk=trunk)
