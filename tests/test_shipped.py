@@ -16,16 +16,25 @@ from agentr1_nb.policy import load_policy
 _RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir", "micro_batch_size"}
 
 
+# a record's name ends with what its run changed on top of the recipe (besides the seed)
+_SUFFIXES = {"_no_process_reward": {"use_process_reward": False}, "_rloo": {"algo": "rloo"}}
+
+
 def recipe_of(name: str) -> dict:
-    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*` names."""
+    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*` names,
+    with the overrides its name's suffix says (`_rloo`: RLOO instead of GRPO)."""
     earlier = name.split("_", 1)[0]
-    return get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
+    cfg = get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
+    for suffix, overrides in _SUFFIXES.items():
+        if name.endswith(suffix):
+            cfg.update(overrides)
+    return cfg
 
 
 def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
     today = {
-        f"demo_s{seed}{ablation}" for seed in (0, 1, 2) for ablation in ("", "_no_process_reward")
+        f"demo_s{seed}{variant}" for seed in (0, 1, 2) for variant in ("", "_no_process_reward", "_rloo")
     }  # README
     assert today | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
     for name, rec in records.items():
@@ -36,7 +45,7 @@ def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
         changed = {k for k, v in report["config"].items() if recipe.get(k) != v} - _RUN_FIELDS
         assert not changed, f"{name} was run with {changed} unlike its recipe"
         assert name.endswith("_no_process_reward") != report["use_process_reward"], name
-        assert name.split("_no_process_reward")[0].endswith(f"_s{report['seed']}"), name
+        assert name.split("_no_process_reward")[0].split("_rloo")[0].endswith(f"_s{report['seed']}"), name
         for key in ("em_before", "em_after", "multihop_em_after", "mean_searches_after", "peak_rss_mb"):
             assert isinstance(report[key], (int, float)), (name, key)
         lo, hi = report["em_after_ci95"]
