@@ -17,16 +17,30 @@ _RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_di
 
 
 # a record's name ends with what its run changed on top of the recipe (besides the seed)
-_SUFFIXES = {"_no_process_reward": {"use_process_reward": False}, "_rloo": {"algo": "rloo"}}
+_SUFFIXES = {
+    "_no_process_reward": {"use_process_reward": False},
+    "_rloo": {"algo": "rloo"},
+    # a linear learning-rate warm-up over the first 5 RL steps, measured against the preset on the same seeds;
+    # fp32 named because the preset's "auto" is bf16 on cores with native bf16 (the preset's shipped runs ran
+    # where "auto" was fp32, so the two differ in the warm-up alone)
+    "_lr_warmup": {"warmup_steps": 5, "compute_dtype": "fp32"},
+}
+
+
+def seed_part(name: str) -> str:
+    """The record's name without its suffixes: `demo_s2_lr_warmup` -> `demo_s2`."""
+    while any(name.endswith(suffix) for suffix in _SUFFIXES):
+        name = next(name.removesuffix(s) for s in _SUFFIXES if name.endswith(s))
+    return name
 
 
 def recipe_of(name: str) -> dict:
     """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*` names,
-    with the overrides its name's suffix says (`_rloo`: RLOO instead of GRPO)."""
+    with the overrides its name's suffixes say (`_rloo`: RLOO instead of GRPO)."""
     earlier = name.split("_", 1)[0]
     cfg = get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
     for suffix, overrides in _SUFFIXES.items():
-        if name.endswith(suffix):
+        if suffix in name.removeprefix(seed_part(name)):
             cfg.update(overrides)
     return cfg
 
@@ -34,7 +48,9 @@ def recipe_of(name: str) -> dict:
 def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
     today = {
-        f"demo_s{seed}{variant}" for seed in (0, 1, 2) for variant in ("", "_no_process_reward", "_rloo")
+        f"demo_s{seed}{variant}"
+        for seed in (0, 1, 2)
+        for variant in ("", "_no_process_reward", "_rloo", "_lr_warmup")
     }  # README
     assert today | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
     for name, rec in records.items():
@@ -44,8 +60,8 @@ def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
         assert not report["interrupted"], name
         changed = {k for k, v in report["config"].items() if recipe.get(k) != v} - _RUN_FIELDS
         assert not changed, f"{name} was run with {changed} unlike its recipe"
-        assert name.endswith("_no_process_reward") != report["use_process_reward"], name
-        assert name.split("_no_process_reward")[0].split("_rloo")[0].endswith(f"_s{report['seed']}"), name
+        assert ("_no_process_reward" in name) != report["use_process_reward"], name
+        assert seed_part(name).endswith(f"_s{report['seed']}"), name
         for key in ("em_before", "em_after", "multihop_em_after", "mean_searches_after", "peak_rss_mb"):
             assert isinstance(report[key], (int, float)), (name, key)
         lo, hi = report["em_after_ci95"]
