@@ -250,6 +250,17 @@ def _quantization_kwargs(cfg: Config, dtype: torch.dtype) -> dict:
     return kwargs
 
 
+def _keep_4bit_weights_as_loaded(model) -> None:
+    """Switch off bitsandbytes' CPU repacking of 4-bit weights. On cores with AVX512-BF16, a `Linear4bit`
+    repacks its weights for inference on its first forward in eval mode without grad (bitsandbytes 0.50), and
+    the packed path then fails in training (`result += bias`: "a view of a leaf Variable that requires grad
+    is being used in an in-place operation"). The loop decodes without grad and then trains the same modules,
+    so every 4-bit layer keeps the layout it was loaded in and dequantises on each forward, as on other CPUs."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _name_matches(name: str, patterns: list[str]) -> bool:
     """bitsandbytes' rule for `llm_int8_skip_modules`: the pattern from the start up to a module boundary, or
     a suffix of the name."""
@@ -335,6 +346,8 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
         raise _offline_error(cfg.model, e) from e
     if not cfg.load_in_4bit and torch.cuda.is_available():
         model = model.to(torch.cuda.current_device())
+    if cfg.load_in_4bit:
+        _keep_4bit_weights_as_loaded(model)
     if fp32_module_patterns(cfg):
         compute_in_fp32(model, fp32_module_patterns(cfg))
     if model.config.pad_token_id is None:

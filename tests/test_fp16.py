@@ -193,6 +193,30 @@ def test_tiny_qwen2_in_4bit_keeps_the_named_modules_in_fp32(tmp_path, tokenizer)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def test_4bit_qwen2_trains_after_a_no_grad_rollout(tmp_path, tokenizer):
+    """The loop's order: greedy decoding in eval mode without grad, then a training forward and backward.
+    bitsandbytes repacks 4-bit weights for AVX512-BF16 cores on such a no-grad forward, and its packed path
+    then fails in training (`result += bias`: "a view of a leaf Variable that requires grad is being used in
+    an in-place operation", Qwen2's q/k/v projections have biases); `load_policy` switches the repacking off,
+    so on every CPU the 4-bit weights stay as loaded and the LoRA weights get gradients."""
+    bnb = pytest.importorskip("bitsandbytes")
+    path = _tiny_qwen2(tmp_path / "qwen2", tokenizer)
+    model, _ = load_policy(_cfg(path, load_in_4bit=True, compute_dtype="bf16"))
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in quantized)
+    before = [m.weight.data.clone() for m in quantized]
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what a rollout does first
+    model.train()
+    logp = token_logprobs(model, ids)
+    (-logp.sum()).backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(torch.equal(m.weight.data, b) for m, b in zip(quantized, before))
+
+
 def test_fp32_modules_stop_an_fp16_overflow(tmp_path, tokenizer):
     """fp16 compute overflows in the first MLP (NaN log-probs); with that MLP in fp32 the log-probs are
     finite and match fp32 compute."""
