@@ -8,6 +8,9 @@ mixed_precision="fp16")` has no scaler), so the tests below give the CPU acceler
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -215,6 +218,16 @@ def test_4bit_qwen2_trains_after_a_no_grad_rollout(tmp_path, tokenizer):
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(torch.equal(m.weight.data, b) for m, b in zip(quantized, before))
+
+
+def test_importing_bitsandbytes_through_the_package_prints_no_kernel_warning():
+    """bitsandbytes 0.50 warns on import, on AVX512-BF16 cores, about an optional kernel of the repacked path
+    the package switches off; a user of the package (notebook 00's first cell) does not see it."""
+    pytest.importorskip("bitsandbytes")
+    code = "import agentr1_nb.policy, peft, bitsandbytes"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gemm_4bit_forward" not in proc.stderr + proc.stdout
 
 
 def test_fp32_modules_stop_an_fp16_overflow(tmp_path, tokenizer):
