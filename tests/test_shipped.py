@@ -27,11 +27,13 @@ _SUFFIXES = {
 }
 
 
-def seed_part(name: str) -> str:
-    """The record's name without its suffixes: `demo_s2_lr_warmup` -> `demo_s2`."""
-    while any(name.endswith(suffix) for suffix in _SUFFIXES):
-        name = next(name.removesuffix(s) for s in _SUFFIXES if name.endswith(s))
-    return name
+def split_name(name: str) -> tuple[str, set[str]]:
+    """A record's name and the suffixes it ends with: `demo_s2_lr_warmup` -> ("demo_s2", {"_lr_warmup"})."""
+    suffixes = set()
+    while suffix := next((s for s in _SUFFIXES if name.endswith(s)), None):
+        suffixes.add(suffix)
+        name = name.removesuffix(suffix)
+    return name, suffixes
 
 
 def recipe_of(name: str) -> dict:
@@ -39,9 +41,8 @@ def recipe_of(name: str) -> dict:
     with the overrides its name's suffixes say (`_rloo`: RLOO instead of GRPO)."""
     earlier = name.split("_", 1)[0]
     cfg = get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
-    for suffix, overrides in _SUFFIXES.items():
-        if suffix in name.removeprefix(seed_part(name)):
-            cfg.update(overrides)
+    for suffix in split_name(name)[1]:
+        cfg.update(_SUFFIXES[suffix])
     return cfg
 
 
@@ -60,8 +61,9 @@ def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
         assert not report["interrupted"], name
         changed = {k for k, v in report["config"].items() if recipe.get(k) != v} - _RUN_FIELDS
         assert not changed, f"{name} was run with {changed} unlike its recipe"
-        assert ("_no_process_reward" in name) != report["use_process_reward"], name
-        assert seed_part(name).endswith(f"_s{report['seed']}"), name
+        base, suffixes = split_name(name)
+        assert ("_no_process_reward" in suffixes) != report["use_process_reward"], name
+        assert base.endswith(f"_s{report['seed']}"), name
         for key in ("em_before", "em_after", "multihop_em_after", "mean_searches_after", "peak_rss_mb"):
             assert isinstance(report[key], (int, float)), (name, key)
         lo, hi = report["em_after_ci95"]
