@@ -7,7 +7,7 @@ is described by a preset plus `key=value` overrides::
 
 Presets:
 - ``cpu_demo``: SmolLM2-135M-Instruct (shipped inside a PyPI package, no hub access needed) + LoRA on the
-  top 15 layers, on the CPU in fp32 (bf16 where the CPU has native bf16), the generated fictional world,
+  top 15 layers, on the CPU in fp32, the generated fictional world,
   zero-shot prompt after a short supervised warm-up, small batches, no KL term. This is what ``make demo``
   runs.
 - ``colab_t4``: Qwen2.5-3B-Instruct in 4-bit NF4 + LoRA, fp16 compute (a T4 has no bf16), batch sizes that
@@ -256,15 +256,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Sized for 2 CPU cores: zero-shot prompt (~240 tokens instead of ~440), two passages per search, one
     # on-policy update per step with the sampler's log-probs as pi_old and no reference pass (kl_coef=0).
     # The supervised warm-up (14 steps x 8 gold episodes) teaches the tool-call format and two searches, not
-    # when to stop: the greedy warm-started policy (fp32, seed 0) searches 3.00 times per question (the turn
-    # limit), sees every supporting passage in 38 of 55 multi-hop episodes and answers none (EM 0.00). GRPO
-    # has to teach it to answer from what it found (seeds 1 and 2 already answer a quarter after the warm-up;
-    # over the 3 seeds RL takes held-out EM 0.17 -> 0.28 and bridge + 3-hop 0.10 -> 0.17, README). Process
-    # reward 0.3 per search that surfaces a new supporting passage: it keeps the tool in use. Without it
-    # (3 seeds) seed 2's policy stopped searching within 3 RL steps (EM 0.23 -> 0.07), as the earlier
-    # 6-step warm-up's did (`EARLIER_RECIPES["v1"]`); with it every seed searches about twice after RL.
-    # Seed 0 alone learned more without it (bridge + 3-hop 0.25 vs 0.05); the means over the seeds are
-    # 0.17 with it and 0.12 without. 20 RL steps, lr 5e-4.
+    # when to stop: the greedy warm-started policy (seed 0) searches 3.00 times per question (the turn limit)
+    # and answers none (EM 0.00); seeds 1 and 2 already answer a quarter. GRPO has to teach it to answer from
+    # what it found. 20 RL steps at lr 3e-4, raised linearly over the first 5 (`warmup_steps`): over 3 seeds
+    # held-out EM 0.17 -> 0.37 and bridge + 3-hop 0.10 -> 0.30, every seed above its before-RL interval
+    # (README). A constant 5e-4 from the first step (`EARLIER_RECIPES["v2"]`) reached 0.17: seed 2's policy
+    # gave up the second search at RL step 2 (Adam's first steps are about the learning rate in size); a 5e-4
+    # peak after the same ramp broke seed 0's tool-call format at step 17. fp32 named: `auto` picks bf16 on
+    # cores with native bf16, which is no faster per RL step there and strays from the sampler's log-probs
+    # (first ratio 0.80-1.25); in fp32 the warm-up, evaluation and first RL step of a seed came out the same
+    # on both kinds of cores measured (AVX2-only and AVX-512).
+    # Process reward 0.3 per search that surfaces a new supporting passage: it keeps the tool in use. Without it
+    # (v2, 3 seeds) seed 2's policy stopped searching within 3 RL steps (EM 0.23 -> 0.07), as the earlier
+    # 6-step warm-up's did (`EARLIER_RECIPES["v1"]`).
     # LoRA on the top 15 of the 30 layers: the backward stops halfway (measured on 2 x ~500 tokens, one
     # thread: forward + backward 14.1 s -> 10.2 s) and the lower layers keep no activations; evaluation 25
     # episodes at a time bounds the KV cache (50 x 1,024 tokens would be 2.4 GB in fp32). Forward/backward 2
@@ -282,7 +286,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         minibatch_size=16,
         micro_batch_size=2,
         kl_coef=0.0,
-        lr=5e-4,
+        lr=3e-4,
+        warmup_steps=5,
+        compute_dtype="fp32",
         lora_top_layers=15,
         eval_questions=100,
         eval_batch_size=25,
@@ -341,9 +347,14 @@ PRESETS["a100_80gb"] = dict(
 
 EARLIER_RECIPES: dict[str, dict[str, Any]] = {
     # overrides of today's cpu_demo preset that give an earlier recipe whose shipped run records
-    # (agentr1_nb/results/v1_*) the README and notebook 06 still quote:
+    # (agentr1_nb/results/v1_*, v2_*) the README and notebook 06 still quote:
     # `get_config("cpu_demo", EARLIER_RECIPES["v1"])` reruns it.
-    "v1": dict(sft_warmup_steps=6, process_reward_weight=0.1, steps=30),
+    "v1": dict(
+        sft_warmup_steps=6, process_reward_weight=0.1, steps=30, lr=5e-4, warmup_steps=0, compute_dtype="auto"
+    ),
+    # agentr1_nb/results/v2_*: a constant learning rate of 5e-4 from the first RL step, the dtype left to the
+    # machine (fp32 where those runs ran)
+    "v2": dict(lr=5e-4, warmup_steps=0, compute_dtype="auto"),
 }
 
 

@@ -20,9 +20,9 @@ _RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_di
 _SUFFIXES = {
     "_no_process_reward": {"use_process_reward": False},
     "_rloo": {"algo": "rloo"},
-    # a linear learning-rate warm-up over the first 5 RL steps, measured against the preset on the same seeds;
-    # fp32 named because the preset's "auto" is bf16 on cores with native bf16 (the preset's shipped runs ran
-    # where "auto" was fp32, so the two differ in the warm-up alone)
+    # on the v2 recipe: a linear learning-rate warm-up over the first 5 RL steps, measured against v2 on the same
+    # seeds; fp32 named because v2's "auto" is bf16 on cores with native bf16 (v2's shipped runs ran where
+    # "auto" was fp32, so the two differ in the warm-up alone)
     "_lr_warmup": {"warmup_steps": 5, "compute_dtype": "fp32"},
 }
 
@@ -37,7 +37,7 @@ def split_name(name: str) -> tuple[str, set[str]]:
 
 
 def recipe_of(name: str) -> dict:
-    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*` names,
+    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*`/`v2_*` names,
     with the overrides its name's suffixes say (`_rloo`: RLOO instead of GRPO)."""
     earlier = name.split("_", 1)[0]
     cfg = get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
@@ -48,12 +48,11 @@ def recipe_of(name: str) -> dict:
 
 def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
-    today = {
-        f"demo_s{seed}{variant}"
-        for seed in (0, 1, 2)
-        for variant in ("", "_no_process_reward", "_rloo", "_lr_warmup")
-    }  # README
-    assert today | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
+    today = {f"demo_s{seed}" for seed in (0, 1, 2)}  # README
+    v2 = {
+        f"v2_demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo", "_lr_warmup")
+    }
+    assert today | v2 | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
     for name, rec in records.items():
         recipe = recipe_of(name)
         report = rec["report"]
