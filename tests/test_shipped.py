@@ -48,7 +48,7 @@ def recipe_of(name: str) -> dict:
 
 def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
     records = runs.shipped_runs()
-    today = {f"demo_s{seed}" for seed in (0, 1, 2)}  # README
+    today = {f"demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo")}  # README
     v2 = {
         f"v2_demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo", "_lr_warmup")
     }
