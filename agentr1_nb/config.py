@@ -345,17 +345,16 @@ PRESETS["a100_80gb"] = dict(
     PRESETS["a100"], questions_per_step=16, minibatch_size=40, micro_batch_size=8, eval_batch_size=64
 )
 
+# overrides of today's cpu_demo preset that give an earlier recipe whose shipped run records
+# (agentr1_nb/results/v1_*, v2_*) the README and notebook 06 still quote:
+# `get_config("cpu_demo", EARLIER_RECIPES["v1"])` reruns it.
 EARLIER_RECIPES: dict[str, dict[str, Any]] = {
-    # overrides of today's cpu_demo preset that give an earlier recipe whose shipped run records
-    # (agentr1_nb/results/v1_*, v2_*) the README and notebook 06 still quote:
-    # `get_config("cpu_demo", EARLIER_RECIPES["v1"])` reruns it.
-    "v1": dict(
-        sft_warmup_steps=6, process_reward_weight=0.1, steps=30, lr=5e-4, warmup_steps=0, compute_dtype="auto"
-    ),
-    # agentr1_nb/results/v2_*: a constant learning rate of 5e-4 from the first RL step, the dtype left to the
-    # machine (fp32 where those runs ran)
+    # a constant learning rate of 5e-4 from the first RL step, the dtype left to the machine (fp32 where those
+    # runs ran)
     "v2": dict(lr=5e-4, warmup_steps=0, compute_dtype="auto"),
 }
+# v2 with a 6-step warm-up, a process reward of 0.1 and 30 RL steps
+EARLIER_RECIPES["v1"] = dict(EARLIER_RECIPES["v2"], sft_warmup_steps=6, process_reward_weight=0.1, steps=30)
 
 
 _INF = float("inf")
