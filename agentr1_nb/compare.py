@@ -7,7 +7,8 @@
                        evaluate greedily on the held-out questions of each agent set (`evaluate_agent`)
     baselines:         the base model, Naive RAG and Base Tool Call, zero-shot and 1-shot, on each baseline set
     rows:              EM per (method, dataset), the mean over seeds, with a seed-then-question bootstrap
-                       interval (`hier_ci`)  -> out_dir/results.json
+                       interval (`hier_ci`); per variant, what its EM is made of (`kind_rows`: multi-hop
+                       EM, EM by question kind, searches)  -> out_dir/results.json
 
 Everything is saved under `out_dir` and read back when asked for again with the same key (the run's config,
 EVAL_N, the evaluation sets and the warm-up batch; for the baselines the config without the RL fields), so
@@ -37,7 +38,7 @@ from .baselines import naive_rag, tool_call
 from .common import atomic_write_json, check_writable_dir, hub_reachable, replace_dir, set_seed
 from .config import Config
 from .env import ToolEnv, build_task
-from .evaluate import bootstrap_ci, evaluate_agent, load_eval_questions
+from .evaluate import MULTIHOP_KINDS, bootstrap_ci, evaluate_agent, load_eval_questions
 from .policy import load_policy, load_tokenizer
 from .retrieval import build_retriever
 from .sft import sft_warmup
@@ -77,14 +78,16 @@ VARIANTS: dict[str, dict] = {
     "PPO w/o adv mask": {"algo": "ppo", "advantage_mask": False},
     "PPO w/o adv+loss mask": {"algo": "ppo", "advantage_mask": False, "loss_mask": False},
     "GRPO w/o loss mask": {"algo": "grpo", "loss_mask": False},
+    "GRPO w/o process reward": {"algo": "grpo", "use_process_reward": False},
 }
-"""Each trained row of the table: its `Config` overrides on top of the preset (nothing else differs)."""
+"""Each trained row of the table: its `Config` overrides on top of the preset (nothing else differs). The
+last row is ours, not the paper's: the process reward (`rewards.process_reward`) switched off."""
 
 BASELINE_METHODS = ("Base Tool Call", "Base Tool Call (1-shot)", "Naive RAG", "Naive RAG (1-shot)")
 """The baseline rows: the paper's zero-shot prompts, and one worked example ("1-shot", `few_shot`)."""
 
 REAL_SETS = ["hotpotqa", "2wiki", "musique"]
-RL_FIELDS = ("steps", "algo", "advantage_mask", "loss_mask")
+RL_FIELDS = ("steps", "algo", "advantage_mask", "loss_mask", "use_process_reward")
 """Fields the variants and the step count change: the warm-up and the baselines do not depend on them."""
 
 # FAST: a smoke run for tests and CI (minutes on a CPU). Its numbers are not results.
@@ -173,6 +176,78 @@ def table_rows(runs: dict, n_boot: int = 2000) -> list[dict]:
     return rows
 
 
+def kind_rows(out_dir: str | Path, names: list[str], seeds: list[int], datasets: list[str]) -> list[dict]:
+    """What the EM of each trained variant is made of, from its runs' per-question files
+    (`out_dir/<variant>_seed<s>/eval_<dataset>.jsonl`): one row per (variant, dataset) with `multihop_em`
+    (bridge and 3-hop questions pooled: mean over seeds, `multihop_ci` by `hier_ci`, `multihop_per_seed`),
+    `em_by_kind` and `searches` (means over seeds of the per-seed means), `seeds` (how many seeds had a
+    readable file). A variant with no file, or a dataset without question kinds, has no row; an unreadable
+    file is skipped with a warning."""
+    rows = []
+    for name in names:
+        for ds in datasets:
+            per_seed = []
+            for seed in seeds:
+                f = Path(out_dir) / f"{_slug(name)}_seed{seed}" / f"eval_{ds}.jsonl"
+                if f.is_file():
+                    try:
+                        per_seed.append([json.loads(x) for x in f.read_text().splitlines() if x.strip()])
+                    except (OSError, ValueError) as e:  # a damaged file costs its seed's row, not the table
+                        warnings.warn(f"skipping {f}: {e}", stacklevel=2)
+            if not per_seed or not any(r.get("kind") for recs in per_seed for r in recs):
+                continue
+            multihop = [[r["em"] for r in recs if r.get("kind") in MULTIHOP_KINDS] for recs in per_seed]
+            kinds = sorted({r["kind"] for recs in per_seed for r in recs if r.get("kind")})
+            by_kind = {
+                k: _mean_of_means([r["em"] for r in recs if r.get("kind") == k] for recs in per_seed)
+                for k in kinds
+            }
+            rows.append(
+                {
+                    "method": name,
+                    "dataset": ds,
+                    "multihop_em": _mean_of_means(multihop),
+                    "multihop_ci": hier_ci(multihop),
+                    "multihop_per_seed": [float(np.mean(x)) for x in multihop if x],
+                    "multihop_n": len(multihop[0]),
+                    "em_by_kind": by_kind,
+                    "searches": _mean_of_means([r["searches"] for r in recs] for recs in per_seed),
+                    "seeds": len(per_seed),
+                }
+            )
+    return rows
+
+
+def _mean_of_means(lists) -> float:
+    """The mean over the non-empty lists of their means (NaN when all are empty): a mean over seeds."""
+    means = [float(np.mean(x)) for x in lists if len(x)]
+    return float(np.mean(means)) if means else float("nan")
+
+
+def kind_markdown(rows: list[dict]) -> str:
+    """`kind_rows` as a Markdown table: multi-hop EM [95% CI] and per seed, EM by kind, searches."""
+    kinds = list(dict.fromkeys(k for r in rows for k in r["em_by_kind"]))
+    lines = [
+        "| method | dataset | bridge + 3-hop EM [95% CI] | per seed | "
+        + " | ".join(f"EM {k}" for k in kinds)
+        + " | searches |",
+        "|---|---|---|---|" + "---|" * len(kinds) + "---|",
+    ]
+    for r in rows:
+        lo, hi = r["multihop_ci"]
+        per_seed = " / ".join(f"{x:.2f}" for x in r["multihop_per_seed"])
+        by_kind = " | ".join(_fmt2(r["em_by_kind"].get(k)) for k in kinds)
+        lines.append(
+            f"| {r['method']} | {r['dataset']} | {r['multihop_em']:.2f} [{lo:.2f}, {hi:.2f}] | {per_seed} | "
+            f"{by_kind} | {r['searches']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt2(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
 def _fmt(v) -> str:
     return "" if v is None else f"{v:.4f}"
 
@@ -236,6 +311,37 @@ def baseline_key(cfg: Config, eval_n: int) -> dict:
 
 def _slug(name: str) -> str:
     return name.replace(" ", "_").replace("/", "").replace("+", "p")
+
+
+SHIPPED_COMPARISON = Path(__file__).resolve().parent / "results" / "comparison.json"
+"""A finished CPU comparison's results.json, shipped with the package (a few KB: the rows, the kind rows,
+the config, the timings; no weights and no per-question files) for the README and notebook 06."""
+
+
+def export_comparison(out_dir: str | Path, dest: str | Path = SHIPPED_COMPARISON) -> Path:
+    """Copy `out_dir/results.json` of a finished comparison to `dest`. A FAST smoke run is refused: its
+    numbers are not results."""
+    src = Path(out_dir) / "results.json"
+    if not src.is_file():
+        raise FileNotFoundError(f"{out_dir} holds no results.json: not a finished comparison")
+    results = json.loads(src.read_text())
+    if "FAST" in results.get("note", "") or results.get("steps", 0) < 2:
+        raise ValueError(f"{src} is a FAST smoke run ({results.get('steps')} RL step(s)): not results")
+    atomic_write_json(dest, results)
+    return Path(dest)
+
+
+def shipped_comparison(path: str | Path = SHIPPED_COMPARISON) -> dict | None:
+    """The comparison shipped with the package (`export_comparison`), or None when there is none; an
+    unreadable file is None with a warning."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        warnings.warn(f"skipping the shipped comparison {path}: {e}", stacklevel=2)
+        return None
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -421,7 +527,8 @@ def compare(
         and `evaluate_agent` always show theirs.
     note: stored in results.json (e.g. "FAST smoke run: not results").
 
-    Returns {"rows": `table_rows` of this call's variants and baselines, "seconds_per_run",
+    Returns {"rows": `table_rows` of this call's variants and baselines, "kind_rows" (`kind_rows` of its
+    variants: multi-hop EM, EM by question kind, searches), "seconds_per_run",
     "reused" (what was read back), "config", "seeds", "steps", "eval_n", "variants", "agent_sets",
     "baseline_sets", "model", "paper", "note", "minutes"}.
     """
@@ -525,6 +632,7 @@ def compare(
         "baseline_sets": baseline_sets if baselines else [],
         "config": cfg.to_dict(),
         "rows": table_rows(runs),
+        "kind_rows": kind_rows(out, names, seeds, agent_sets),
         "paper": PAPER,
         "seconds_per_run": seconds,
         "reused": reused,

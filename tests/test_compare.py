@@ -68,6 +68,7 @@ def test_baseline_key_ignores_the_rl_fields_and_the_seed():
     cfg = get_config("cpu_demo")
     key = cmp.baseline_key(cfg, 4)
     assert cmp.baseline_key(cfg.replace(steps=3, algo="ppo", loss_mask=False, seed=2), 4) == key
+    assert cmp.baseline_key(cfg.replace(use_process_reward=False), 4) == key
     assert cmp.baseline_key(cfg.replace(top_k=4), 4) != key
     assert cmp.baseline_key(cfg, 8) != key
 
@@ -102,8 +103,65 @@ def test_table_rows_from_fabricated_runs():
     assert len(table.splitlines()) == 2 + 4  # header, rule, one line per method
 
 
+def _write_eval(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_kind_rows_from_fabricated_eval_files(tmp_path):
+    def rec(kind, em, searches):
+        return {"kind": kind, "em": em, "searches": searches}
+
+    _write_eval(
+        tmp_path / "GRPO_seed0" / "eval_generated.jsonl",
+        [rec("single", 1, 1), rec("bridge", 1, 2), rec("bridge", 0, 1), rec("3hop", 0, 2)],
+    )
+    _write_eval(
+        tmp_path / "GRPO_seed1" / "eval_generated.jsonl",
+        [rec("single", 0, 1), rec("bridge", 1, 2), rec("bridge", 1, 2), rec("3hop", 1, 3)],
+    )
+    _write_eval(tmp_path / "PPO_w_o_adv_mask_seed0" / "eval_hotpotqa.jsonl", [{"em": 1, "searches": 1}])
+    rows = cmp.kind_rows(tmp_path, ["GRPO", "PPO w/o adv mask", "RLOO"], [0, 1], ["generated", "hotpotqa"])
+    # PPO's file has no question kinds, RLOO has no file: one row
+    assert [(r["method"], r["dataset"]) for r in rows] == [("GRPO", "generated")]
+    (row,) = rows
+    assert row["multihop_per_seed"] == pytest.approx([1 / 3, 1.0]) and row["multihop_n"] == 3
+    assert row["multihop_em"] == pytest.approx(2 / 3) and row["seeds"] == 2
+    lo, hi = row["multihop_ci"]
+    assert 0.0 <= lo < row["multihop_em"] < hi <= 1.0
+    assert row["em_by_kind"] == pytest.approx({"3hop": 0.5, "bridge": 0.75, "single": 0.5})
+    assert row["searches"] == pytest.approx((1.5 + 2.0) / 2)
+    table = cmp.kind_markdown(rows)
+    (tmp_path / "GRPO_seed1" / "eval_generated.jsonl").write_text('{"kind": "bridge", "em"')  # cut short
+    with pytest.warns(UserWarning, match="GRPO_seed1"):
+        (damaged,) = cmp.kind_rows(tmp_path, ["GRPO"], [0, 1], ["generated"])
+    assert damaged["seeds"] == 1 and damaged["multihop_per_seed"] == pytest.approx([1 / 3])
+    assert "| GRPO | generated | 0.67 [" in table and "| 0.33 / 1.00 | 0.50 | 0.75 | 0.50 | 1.75 |" in table
+
+
+def test_export_and_read_the_shipped_comparison(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        cmp.export_comparison(tmp_path / "nothing", tmp_path / "c.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(
+        json.dumps({"note": "FAST smoke run: not results", "steps": 1, "rows": []})
+    )
+    with pytest.raises(ValueError, match="FAST smoke run"):
+        cmp.export_comparison(run, tmp_path / "c.json")
+    assert not (tmp_path / "c.json").exists()
+    real = {"note": "", "steps": 20, "rows": [{"method": "GRPO", "dataset": "generated", "em": 0.3}]}
+    (run / "results.json").write_text(json.dumps(real))
+    assert cmp.shipped_comparison(cmp.export_comparison(run, tmp_path / "c.json")) == real
+    assert cmp.shipped_comparison(tmp_path / "absent.json") is None
+    (tmp_path / "c.json").write_text('{"rows": [')
+    with pytest.warns(UserWarning, match="skipping the shipped comparison"):
+        assert cmp.shipped_comparison(tmp_path / "c.json") is None
+
+
 def test_paper_and_variants_are_consistent():
-    assert set(cmp.PAPER) == {"Base Tool Call", "Naive RAG", *cmp.VARIANTS}
+    ours_only = {"GRPO w/o process reward"}  # a row the paper does not have
+    assert set(cmp.PAPER) == {"Base Tool Call", "Naive RAG", *cmp.VARIANTS} - ours_only
     assert cmp.PAPER["GRPO w/o loss mask"] == {"avg": 0.3722}
     assert set(cmp.FAST_VARIANTS) <= set(cmp.VARIANTS)
     cfg = get_config("cpu_demo")
@@ -146,6 +204,8 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     assert res["reused"] == [] and res["steps"] == 1 and res["config"]["group_size"] == 2
     assert res["seconds_per_run"]["GRPO seed 0"] > 0
     assert (tmp_path / "GRPO_seed0" / "eval_generated.jsonl").is_file()
+    (kinds,) = res["kind_rows"]  # the generated world's questions have kinds
+    assert kinds["method"] == "GRPO" and kinds["seeds"] == 1 and 0.0 <= kinds["searches"] <= cfg.max_turns
     assert len(list(tmp_path.glob("sft_seed0_*/adapter_config.json"))) == 1
 
     def no_training(*a, **k):
