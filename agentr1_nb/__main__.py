@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
     p.add_argument("--fresh", action="store_true", help="redo finished runs instead of reading them back")
     p.add_argument("--fast", action="store_true", help="a smoke run in minutes on a CPU (not results)")
+    p.add_argument(
+        "--saved-only", action="store_true", help="run nothing: the table of the runs saved so far"
+    )
     p.add_argument("--json", action="store_true", help="print the result rows as one JSON line")
     _add_config_args(p)
 
@@ -241,9 +244,13 @@ def _run(args: argparse.Namespace) -> int:
             baselines=not args.no_baselines,
             fast=args.fast,
             fresh=args.fresh,
+            saved_only=args.saved_only,
         )
         if args.json:
-            print(json.dumps({"rows": res["rows"], "minutes": res["minutes"]}), flush=True)
+            print(
+                json.dumps({"rows": res["rows"], "missing": res["missing"], "minutes": res["minutes"]}),
+                flush=True,
+            )
         else:
             print(markdown_table(res["rows"]))
     elif args.command == "check":

@@ -508,6 +508,7 @@ def compare(
     sft_batch: int | None = None,
     fast: bool = False,
     fresh: bool = False,
+    saved_only: bool = False,
     progress: bool = True,
     note: str = "",
 ) -> dict:
@@ -523,11 +524,14 @@ def compare(
     sft_batch: gold episodes per warm-up step; default 8 (`FAST_SFT_BATCH` with `fast`).
     fast: a smoke run: `fast_config(cfg)` and the FAST defaults above. Its numbers are not results.
     fresh: redo everything instead of reading saved runs back.
+    saved_only: run nothing: the table of what is saved so far (a run or baseline not saved yet is left
+        out and listed in "missing"), e.g. while the workers of a split run are still at work.
     progress: a bar over the runs, one line per finished run (on stderr) and a bar for Naive RAG; `train`
         and `evaluate_agent` always show theirs.
     note: stored in results.json (e.g. "FAST smoke run: not results").
 
-    Returns {"rows": `table_rows` of this call's variants and baselines, "kind_rows" (`kind_rows` of its
+    Returns {"rows": `table_rows` of this call's variants and baselines (of those saved, with `saved_only`),
+    "missing" (what `saved_only` left out), "kind_rows" (`kind_rows` of its
     variants: multi-hop EM, EM by question kind, searches), "seconds_per_run",
     "reused" (what was read back), "config", "seeds", "steps", "eval_n", "variants", "agent_sets",
     "baseline_sets", "model", "paper", "note", "minutes"}.
@@ -541,6 +545,8 @@ def compare(
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    if fresh and saved_only:
+        raise ValueError("fresh (redo every run) and saved_only (run nothing) contradict each other")
     eval_n = eval_n if eval_n is not None else (FAST_EVAL_N if fast else cfg.eval_questions)
     sft_batch = sft_batch if sft_batch is not None else (FAST_SFT_BATCH if fast else 8)
     default_agent, default_base = default_sets(cfg)
@@ -562,6 +568,7 @@ def compare(
     runs: dict = {}  # (method, dataset) -> per-seed lists of per-question EM
     seconds: dict = {}
     reused: list = []
+    missing: list = []
     task = None
     adapters: dict = {}  # seed -> warm-up adapter of this call
     bar = tqdm(total=len(names) * len(seeds), desc="runs", unit="run", disable=not progress)
@@ -574,6 +581,11 @@ def compare(
             label = f"{name} seed {seed}"
             if result is not None:
                 reused.append(label)
+            elif saved_only:
+                missing.append(label)
+                say(f"{label}: not saved yet, left out")
+                bar.update(1)
+                continue
             else:
                 bar.set_postfix_str(label)
                 if task is None:  # training questions and retriever, shared by every run
@@ -597,6 +609,9 @@ def compare(
         for ds in baseline_sets:
             done = out / f"baselines_{ds}.json"
             result = None if fresh else read_back(done, key)
+            if result is None and saved_only:
+                missing.append(f"baselines {ds}")
+                continue
             if result is None:
                 es = eval_set(ds)
                 if es is None:
@@ -636,6 +651,7 @@ def compare(
         "paper": PAPER,
         "seconds_per_run": seconds,
         "reused": reused,
+        "missing": missing,
         "minutes": round((time.time() - t0) / 60, 1),
     }
     atomic_write_json(out / "results.json", results)

@@ -194,3 +194,19 @@ def test_ask_command_prints_the_episode_or_one_json_line(tiny_ask, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"question: {res['question']}") and "--- turn 1" in out and "gold:" in out
     assert main(["ask", "", "--adapter", ""]) == 2  # an empty question is an error, not the default
+
+
+def test_compare_saved_only_runs_nothing_and_lists_what_is_missing(capsys, tmp_path):
+    argv = ["compare", "--out", str(tmp_path), "--variants", "GRPO", "--seeds", "0", "1", "--saved-only"]
+    assert main([*argv, "--json"]) == 0
+    line = _last_json(capsys.readouterr().out)
+    assert line["rows"] == [] and line["missing"] == [
+        "GRPO seed 0",
+        "GRPO seed 1",
+        "baselines generated",
+        "baselines hotpotqa",
+        "baselines 2wiki",
+    ]
+    assert json.loads((tmp_path / "results.json").read_text())["missing"] == line["missing"]
+    assert main([*argv, "--fresh"]) == 2  # redo everything and run nothing: a clear error
+    assert "contradict" in capsys.readouterr().err

@@ -216,3 +216,12 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     again = cmp.compare(cfg, tmp_path, **kw)
     assert again["reused"] == ["GRPO seed 0", "baselines generated"]
     assert again["rows"] == res["rows"] and again["seconds_per_run"] == res["seconds_per_run"]
+    assert again["missing"] == [] and again["kind_rows"] == res["kind_rows"]
+
+    # the table so far: RLOO and the 2Wiki baselines are not saved, so they are left out, not run
+    kw_more = dict(kw, variants=["GRPO", "RLOO"], baseline_sets=["generated", "2wiki"])
+    so_far = cmp.compare(cfg, tmp_path, saved_only=True, **kw_more)
+    assert so_far["missing"] == ["RLOO seed 0", "baselines 2wiki"]
+    assert so_far["rows"] == res["rows"] and so_far["reused"] == again["reused"]
+    with pytest.raises(ValueError, match="contradict"):
+        cmp.compare(cfg, tmp_path, saved_only=True, fresh=True, **kw)
