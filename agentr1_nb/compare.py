@@ -176,18 +176,19 @@ def table_rows(runs: dict, n_boot: int = 2000) -> list[dict]:
     return rows
 
 
-def kind_rows(out_dir: str | Path, names: list[str], seeds: list[int], datasets: list[str]) -> list[dict]:
-    """What the EM of each trained variant is made of, from its runs' per-question files
-    (`out_dir/<variant>_seed<s>/eval_<dataset>.jsonl`): one row per (variant, dataset) with `multihop_em`
+def kind_rows(out_dir: str | Path, done: list[tuple[str, int]], datasets: list[str]) -> list[dict]:
+    """What the EM of each trained variant is made of, from the per-question files of its finished runs
+    `done` = [(variant, seed)] (`out_dir/<variant>_seed<s>/eval_<dataset>.jsonl`; a run folder not in `done`,
+    e.g. one left by another config, is not read): one row per (variant, dataset) with `multihop_em`
     (bridge and 3-hop questions pooled: mean over seeds, `multihop_ci` by `hier_ci`, `multihop_per_seed`),
     `em_by_kind` and `searches` (means over seeds of the per-seed means), `seeds` (how many seeds had a
     readable file). A variant with no file, or a dataset without question kinds, has no row; an unreadable
     file is skipped with a warning."""
     rows = []
-    for name in names:
+    for name in dict.fromkeys(n for n, _ in done):
         for ds in datasets:
             per_seed = []
-            for seed in seeds:
+            for seed in [s for n, s in done if n == name]:
                 f = Path(out_dir) / f"{_slug(name)}_seed{seed}" / f"eval_{ds}.jsonl"
                 if f.is_file():
                     try:
@@ -569,6 +570,7 @@ def compare(
     seconds: dict = {}
     reused: list = []
     missing: list = []
+    finished: list = []  # (variant, seed) of every run in the table
     task = None
     adapters: dict = {}  # seed -> warm-up adapter of this call
     bar = tqdm(total=len(names) * len(seeds), desc="runs", unit="run", disable=not progress)
@@ -596,6 +598,7 @@ def compare(
                 result = run_variant(c, run_dir, adapters[seed], task, sets_, key, fresh=fresh)
                 free()
             seconds[label] = result.get("seconds")
+            finished.append((name, seed))
             for ds, ems in result["eval"].items():
                 runs.setdefault((name, ds), []).append(ems)
             ems = ", ".join(f"{ds} EM {np.mean(e):.3f}" for ds, e in result["eval"].items())
@@ -647,7 +650,7 @@ def compare(
         "baseline_sets": baseline_sets if baselines else [],
         "config": cfg.to_dict(),
         "rows": table_rows(runs),
-        "kind_rows": kind_rows(out, names, seeds, agent_sets),
+        "kind_rows": kind_rows(out, finished, agent_sets),
         "paper": PAPER,
         "seconds_per_run": seconds,
         "reused": reused,

@@ -121,7 +121,9 @@ def test_kind_rows_from_fabricated_eval_files(tmp_path):
         [rec("single", 0, 1), rec("bridge", 1, 2), rec("bridge", 1, 2), rec("3hop", 1, 3)],
     )
     _write_eval(tmp_path / "PPO_w_o_adv_mask_seed0" / "eval_hotpotqa.jsonl", [{"em": 1, "searches": 1}])
-    rows = cmp.kind_rows(tmp_path, ["GRPO", "PPO w/o adv mask", "RLOO"], [0, 1], ["generated", "hotpotqa"])
+    _write_eval(tmp_path / "GRPO_seed2" / "eval_generated.jsonl", [rec("bridge", 1, 2)])  # not a finished run
+    done = [("GRPO", 0), ("GRPO", 1), ("PPO w/o adv mask", 0), ("RLOO", 0)]
+    rows = cmp.kind_rows(tmp_path, done, ["generated", "hotpotqa"])
     # PPO's file has no question kinds, RLOO has no file: one row
     assert [(r["method"], r["dataset"]) for r in rows] == [("GRPO", "generated")]
     (row,) = rows
@@ -134,7 +136,7 @@ def test_kind_rows_from_fabricated_eval_files(tmp_path):
     table = cmp.kind_markdown(rows)
     (tmp_path / "GRPO_seed1" / "eval_generated.jsonl").write_text('{"kind": "bridge", "em"')  # cut short
     with pytest.warns(UserWarning, match="GRPO_seed1"):
-        (damaged,) = cmp.kind_rows(tmp_path, ["GRPO"], [0, 1], ["generated"])
+        (damaged,) = cmp.kind_rows(tmp_path, [("GRPO", 0), ("GRPO", 1)], ["generated"])
     assert damaged["seeds"] == 1 and damaged["multihop_per_seed"] == pytest.approx([1 / 3])
     assert "| GRPO | generated | 0.67 [" in table and "| 0.33 / 1.00 | 0.50 | 0.75 | 0.50 | 1.75 |" in table
 
