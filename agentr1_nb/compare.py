@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from .baselines import naive_rag, tool_call
 from .common import atomic_write_json, check_writable_dir, hub_reachable, replace_dir, set_seed
 from .config import Config
+from .data import read_records
 from .env import ToolEnv, build_task
-from .evaluate import MULTIHOP_KINDS, bootstrap_ci, evaluate_agent, load_eval_questions
+from .evaluate import MULTIHOP_KINDS, bootstrap_ci, em_by_kind, evaluate_agent, load_eval_questions
 from .policy import load_policy, load_tokenizer
 from .retrieval import build_retriever
 from .sft import sft_warmup
@@ -192,17 +193,15 @@ def kind_rows(out_dir: str | Path, done: list[tuple[str, int]], datasets: list[s
                 f = Path(out_dir) / f"{_slug(name)}_seed{seed}" / f"eval_{ds}.jsonl"
                 if f.is_file():
                     try:
-                        per_seed.append([json.loads(x) for x in f.read_text().splitlines() if x.strip()])
+                        per_seed.append(read_records(f))
                     except (OSError, ValueError) as e:  # a damaged file costs its seed's row, not the table
                         warnings.warn(f"skipping {f}: {e}", stacklevel=2)
             if not per_seed or not any(r.get("kind") for recs in per_seed for r in recs):
                 continue
             multihop = [[r["em"] for r in recs if r.get("kind") in MULTIHOP_KINDS] for recs in per_seed]
             kinds = sorted({r["kind"] for recs in per_seed for r in recs if r.get("kind")})
-            by_kind = {
-                k: _mean_of_means([r["em"] for r in recs if r.get("kind") == k] for recs in per_seed)
-                for k in kinds
-            }
+            seed_kinds = [em_by_kind(recs) for recs in per_seed]
+            by_kind = {k: float(np.mean([bk[k] for bk in seed_kinds if k in bk])) for k in kinds}
             rows.append(
                 {
                     "method": name,
