@@ -90,6 +90,22 @@ class Trajectory:
         return sum(self.action_mask)
 
 
+def episode_stats(trajs: list[Trajectory]) -> dict[str, list[float]]:
+    """Per-episode numbers that training logs (one list per name, one value per trajectory): the outcome
+    reward, EM, F1, format and answer rates, turns, searches and the summed process reward. The scalar reward
+    the advantages saw is the caller's (it depends on how rewards are shaped)."""
+    return {
+        "outcome_reward": [t.reward for t in trajs],
+        "em": [t.em for t in trajs],
+        "f1": [t.f1 for t in trajs],
+        "format_rate": [float(t.answer_ok and t.tool_ok) for t in trajs],
+        "answer_rate": [float(t.answer is not None) for t in trajs],
+        "turns": [len(t.turns) for t in trajs],
+        "searches": [t.num_searches for t in trajs],
+        "process_reward": [sum(t.process_rewards) for t in trajs],
+    }
+
+
 # ----------------------------------------------------------------------------- per-row state
 
 

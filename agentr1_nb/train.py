@@ -76,7 +76,7 @@ from .config import Config
 from .env import Task, build_task
 from .policy import compute_dtype, final_hidden, load_policy, reference, token_logprobs, trunk_layer
 from .rewards import score_trajectory, token_rewards
-from .rollout import rollout
+from .rollout import episode_stats, rollout
 
 RESUMABLE_FIELDS = (
     "steps",
@@ -324,20 +324,7 @@ def train(
 
                 # 7. log: every number is over all processes' trajectories
                 scores = batch["token_rewards"].sum(-1)  # (B,): what the advantages saw
-                m = _gather_means(
-                    acc,
-                    {
-                        "reward": scores.tolist(),
-                        "outcome_reward": [t.reward for t in trajs],
-                        "em": [t.em for t in trajs],
-                        "f1": [t.f1 for t in trajs],
-                        "format_rate": [float(t.answer_ok and t.tool_ok) for t in trajs],
-                        "answer_rate": [float(t.answer is not None) for t in trajs],
-                        "turns": [len(t.turns) for t in trajs],
-                        "searches": [t.num_searches for t in trajs],
-                        "process_reward": [sum(t.process_rewards) for t in trajs],
-                    },
-                )
+                m = _gather_means(acc, {"reward": scores.tolist(), **episode_stats(trajs)})
                 gen_tokens = _sum_all(acc, torch.tensor(float(sum(sum(t.action_mask) for t in trajs))))
                 m.update(
                     step=step,

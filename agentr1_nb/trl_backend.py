@@ -67,7 +67,7 @@ from .env import STOP_STRINGS, Task, answer_well_formed, build_prompt_messages, 
 from .evaluate import evaluate_agent
 from .policy import compute_dtype, load_policy
 from .rewards import outcome_reward, score_trajectory, trajectory_scores
-from .rollout import Row, StopChecker, Trajectory, eos_ids, rollout, start_rows, step_envs
+from .rollout import Row, StopChecker, Trajectory, eos_ids, episode_stats, rollout, start_rows, step_envs
 from .sft import sft_warmup
 from .train import TrainHistory
 
@@ -227,17 +227,7 @@ class RolloutLog:
 
     def record(self, trajs: Sequence[Trajectory], cfg: Config, rollout_s: float, accelerator=None) -> None:
         scores = trajectory_scores(trajs, cfg).tolist() if trajs else []
-        values = {
-            "reward": scores,
-            "outcome_reward": [t.reward for t in trajs],
-            "em": [t.em for t in trajs],
-            "f1": [t.f1 for t in trajs],
-            "format_rate": [float(t.answer_ok and t.tool_ok) for t in trajs],
-            "answer_rate": [float(t.answer is not None) for t in trajs],
-            "turns": [len(t.turns) for t in trajs],
-            "searches": [t.num_searches for t in trajs],
-            "process_reward": [sum(t.process_rewards) for t in trajs],
-        }
+        values = {"reward": scores, **episode_stats(trajs)}
         keys = list(values)
         local = [float(sum(values[k])) for k in keys] + [
             float(len(trajs)),
