@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the preset's)")
     p.add_argument("--eval-n", type=int, default=None, help="questions per evaluation (default: preset's)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
+    p.add_argument(
+        "--baseline-sets",
+        nargs="+",
+        choices=DATASETS,
+        default=None,
+        help="datasets the baselines are evaluated on (default: generated, hotpotqa and 2wiki on a CPU preset)",
+    )
     p.add_argument("--fresh", action="store_true", help="redo finished runs instead of reading them back")
     p.add_argument("--fast", action="store_true", help="a smoke run in minutes on a CPU (not results)")
     p.add_argument(
@@ -242,6 +249,7 @@ def _run(args: argparse.Namespace) -> int:
             eval_n=args.eval_n,
             steps=args.steps,
             baselines=not args.no_baselines,
+            baseline_sets=args.baseline_sets,
             fast=args.fast,
             fresh=args.fresh,
             saved_only=args.saved_only,

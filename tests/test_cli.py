@@ -208,5 +208,14 @@ def test_compare_saved_only_runs_nothing_and_lists_what_is_missing(capsys, tmp_p
         "baselines 2wiki",
     ]
     assert json.loads((tmp_path / "results.json").read_text())["missing"] == line["missing"]
+    assert main([*argv, "--baseline-sets", "generated", "--json"]) == 0  # the baselines on one set only
+    assert _last_json(capsys.readouterr().out)["missing"] == [
+        "GRPO seed 0",
+        "GRPO seed 1",
+        "baselines generated",
+    ]
+    with pytest.raises(SystemExit):  # a dataset that does not exist is argparse's error
+        main([*argv, "--baseline-sets", "nosuch"])
+    capsys.readouterr()
     assert main([*argv, "--fresh"]) == 2  # redo everything and run nothing: a clear error
     assert "contradict" in capsys.readouterr().err
