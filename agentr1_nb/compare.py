@@ -196,11 +196,11 @@ def kind_rows(out_dir: str | Path, done: list[tuple[str, int]], datasets: list[s
                         per_seed.append(read_records(f))
                     except (OSError, ValueError) as e:  # a damaged file costs its seed's row, not the table
                         warnings.warn(f"skipping {f}: {e}", stacklevel=2)
-            if not per_seed or not any(r.get("kind") for recs in per_seed for r in recs):
+            seed_kinds = [em_by_kind(recs) for recs in per_seed]  # {} for a file without question kinds
+            if not any(seed_kinds):
                 continue
             multihop = [[r["em"] for r in recs if r.get("kind") in MULTIHOP_KINDS] for recs in per_seed]
-            kinds = sorted({r["kind"] for recs in per_seed for r in recs if r.get("kind")})
-            seed_kinds = [em_by_kind(recs) for recs in per_seed]
+            kinds = sorted({k for bk in seed_kinds for k in bk})
             by_kind = {k: float(np.mean([bk[k] for bk in seed_kinds if k in bk])) for k in kinds}
             rows.append(
                 {
