@@ -29,6 +29,7 @@ import inspect
 import json
 import shutil
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -361,18 +362,22 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    else:
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(cfg, model),
-            layers_to_transform=lora_layers(cfg, model.config.num_hidden_layers),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft probes `model.is_gradient_checkpointing`, which transformers 5 deprecated (a FutureWarning on
+        # every load, which a user can do nothing about)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=lora_targets(cfg, model),
+                layers_to_transform=lora_layers(cfg, model.config.num_hidden_layers),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
     return model, tok
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 
 import pytest
 import torch
@@ -567,3 +568,18 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
     assert not torch.allclose(other[real], full[real], atol=1e-2)
     with pytest.raises(ValueError, match="trunk_at"):  # a trunk is the input of some layer: which one?
         policy.final_hidden(model, ids, mask, trunk=trunk)
+
+
+def test_load_policy_hides_peft_deprecation_probe(tiny_model_dir, tmp_path):
+    """peft reads transformers' deprecated `is_gradient_checkpointing`; loading a policy (fresh LoRA or a
+    saved adapter) must not print that FutureWarning at the user, while other warnings still get through."""
+    cfg = get_config(overrides={"model": str(tiny_model_dir), "gradient_checkpointing": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = load_policy(cfg)
+        model.save_pretrained(tmp_path / "adapter")
+        load_policy(cfg, adapter=tmp_path / "adapter")
+        warnings.warn("still visible", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert "still visible" in messages
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
