@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from agentr1_nb import runs
+from agentr1_nb.compare import BASELINE_METHODS, VARIANTS, shipped_comparison
 from agentr1_nb.config import EARLIER_RECIPES, PRESETS, get_config
 from agentr1_nb.policy import load_policy
 
@@ -98,3 +100,28 @@ def test_ask_with_the_shipped_adapter_answers_a_bridge_question_with_two_searche
     res = runs.ask(get_config("cpu_demo"))
     assert res["adapter"] == str(runs.SHIPPED_ADAPTER)
     assert res["searches"] == 2 and res["em"] == 1.0, res
+
+
+def test_shipped_comparison_is_a_whole_real_run_of_todays_preset():
+    """The comparison notebook 06 and the README quote (`compare.export_comparison` of a finished run): every
+    variant it names has a row per seed, every baseline a row per dataset, each number agrees with the per-seed
+    values it is made of, and its recipe is today's `cpu_demo` with the RL step count it states."""
+    shipped = shipped_comparison()
+    assert shipped is not None and not shipped["missing"] and shipped["steps"] >= 2
+    seeds = shipped["seeds"]
+    assert len(seeds) == 3 and set(shipped["variants"]) <= set(VARIANTS)
+    rows = {(r["method"], r["dataset"]): r for r in shipped["rows"]}
+    for v in shipped["variants"]:
+        r = rows[(v, "generated")]
+        assert r["seeds"] == len(seeds) and len(r["em_per_seed"]) == len(seeds)
+        assert r["em"] == pytest.approx(sum(r["em_per_seed"]) / len(seeds))
+        assert r["ci"][0] <= r["em"] <= r["ci"][1]
+        assert f"{v} seed {seeds[-1]}" in shipped["seconds_per_run"]
+    for ds in shipped["baseline_sets"]:
+        assert all((m, ds) in rows for m in BASELINE_METHODS)
+    kinds = {r["method"] for r in shipped["kind_rows"]}
+    assert kinds == set(shipped["variants"])
+    preset = get_config("cpu_demo").to_dict()
+    differs = {k for k, v in shipped["config"].items() if preset.get(k) != v}
+    assert differs <= _RUN_FIELDS | {"steps"}, differs
+    assert shipped["config"]["steps"] == shipped["steps"]
