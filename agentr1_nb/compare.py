@@ -12,8 +12,9 @@
 
 Everything is saved under `out_dir` and read back when asked for again with the same key (the run's config,
 EVAL_N, the evaluation sets and the warm-up batch; for the baselines the config without the RL fields), so
-an interrupted run resumes, and a long run can be split over processes: `variants=[...]`,
-`baselines=False` in each worker, then one full call that reads everything back and writes the table.
+an interrupted run resumes, a finished run asked for with more steps trains on from its checkpoint, and a
+long run can be split over processes: `variants=[...]`, `baselines=False` in each worker, then one full call
+that reads everything back and writes the table.
 Within a seed, the variants differ only in the RL: same warm-up weights, questions, retriever and prompt.
 """
 
@@ -44,7 +45,7 @@ from .policy import load_policy, load_tokenizer
 from .retrieval import build_retriever
 from .sft import sft_warmup
 from .tools import make_tools
-from .train import find_checkpoint, load_metrics, train
+from .train import config_changes, find_checkpoint, load_metrics, train
 
 # ----------------------------------------------------------------------------- the paper and the variants
 
@@ -295,6 +296,20 @@ def read_back(path: str | Path, key: dict) -> dict | None:
     return saved if all(saved.get(k) == v for k, v in key.items()) else None
 
 
+def can_resume(saved_key: dict | None, cfg: Config) -> bool:
+    """Whether a run whose `train_key.json` is `saved_key` can be trained on under `cfg`.
+
+    Yes when it learned the same thing (its stored config differs from `cfg` only in fields that change how a
+    run is executed, `train.RESUMABLE_FIELDS`) and it asked for no more steps than `cfg` does: a finished
+    20-step run asked for with 40 steps trains on from its checkpoint (the learning rate is constant after
+    its warm-up, so 20 + 20 steps are the same as 40), one asked for with fewer steps starts over."""
+    stored = (saved_key or {}).get("config")
+    if not stored:
+        return False
+    forbidden, _ = config_changes(stored, cfg)
+    return not forbidden and stored.get("steps", 0) <= cfg.steps
+
+
 def _without(d: dict, fields) -> dict:
     return {k: v for k, v in d.items() if k not in fields}
 
@@ -435,15 +450,18 @@ def run_variant(
     ({dataset: per-question EM}), `train_reward_last` and `seconds`, written atomically to
     `run_dir/result.json`; per-question records go to `run_dir/eval_<dataset>.jsonl`.
 
-    Training resumes from the run's checkpoint when it was made by the same training (config and warm-up;
-    `run_dir/train_key.json`): an interrupted run continues, and a finished one asked for with another
-    EVAL_N is only evaluated again. Any other run folder content is started over, and so is all with `fresh`.
+    Training resumes from the run's checkpoint when it was made by the same training (warm-up, and a config
+    that differs at most in how the run executes; `run_dir/train_key.json`, see `can_resume`): an interrupted
+    run continues, a finished one asked for with another EVAL_N is only evaluated again, and a finished one
+    asked for with more steps trains on from where it stopped. Any other run folder content is started over,
+    and so is all with `fresh`. `seconds` is this call's wall time (training on counts only the new steps).
     """
     t = time.time()
     run_dir = check_writable_dir(run_dir, "run folder")
     marker = run_dir / "train_key.json"
     train_key = {"config": cfg.to_dict(), "warm_start": Path(adapter).name}
-    resume = not fresh and read_back(marker, train_key) is not None and find_checkpoint(run_dir) is not None
+    saved = read_back(marker, {"warm_start": train_key["warm_start"]})
+    resume = not fresh and can_resume(saved, cfg) and find_checkpoint(run_dir) is not None
     atomic_write_json(marker, train_key)
     set_seed(cfg.seed)
     model, tok = load_policy(cfg, adapter=adapter)

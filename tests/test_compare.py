@@ -64,6 +64,18 @@ def test_read_back_needs_the_same_config_eval_n_and_sets(tmp_path):
     assert cmp.read_back(path, key) is None
 
 
+def test_can_resume_only_the_same_training_with_no_fewer_steps():
+    cfg = get_config("cpu_demo")
+    saved = {"config": cfg.to_dict(), "warm_start": "sft_seed0_abc"}
+    assert cmp.can_resume(saved, cfg)
+    assert cmp.can_resume(saved, cfg.replace(steps=cfg.steps + 20))  # train on from where it stopped
+    assert not cmp.can_resume(saved, cfg.replace(steps=cfg.steps - 1))  # its checkpoint is past the end
+    assert cmp.can_resume(saved, cfg.replace(micro_batch_size=1))  # how it runs, not what it learns
+    assert not cmp.can_resume(saved, cfg.replace(algo="rloo"))
+    assert not cmp.can_resume(saved, cfg.replace(lr=cfg.lr * 2))
+    assert not cmp.can_resume(None, cfg) and not cmp.can_resume({"warm_start": "x"}, cfg)
+
+
 def test_baseline_key_ignores_the_rl_fields_and_the_seed():
     cfg = get_config("cpu_demo")
     key = cmp.baseline_key(cfg, 4)
@@ -227,3 +239,34 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     assert so_far["rows"] == res["rows"] and so_far["reused"] == again["reused"]
     with pytest.raises(ValueError, match="contradict"):
         cmp.compare(cfg, tmp_path, saved_only=True, fresh=True, **kw)
+
+
+def test_compare_with_more_steps_trains_a_finished_run_on(tmp_path, monkeypatch, tokenizer):
+    """`compare(steps=2)` over a finished 1-step run resumes it from its checkpoint and runs step 2 only;
+    asking for 1 step again cannot use the 2-step training and starts over."""
+    from conftest import tiny_lora_policy
+
+    monkeypatch.setattr(
+        cmp, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+    )
+    calls = []
+    real_train = cmp.train
+
+    def train(c, run_dir, resume=True, **kw):
+        calls.append((c.steps, resume))
+        return real_train(c, run_dir, resume=resume, **kw)
+
+    monkeypatch.setattr(cmp, "train", train)
+    cfg = get_config("cpu_demo")
+    kw = dict(fast=True, variants=["GRPO"], baselines=False, progress=False)
+    metrics = tmp_path / "GRPO_seed0" / "metrics.jsonl"
+    cmp.compare(cfg, tmp_path, steps=1, **kw)
+    (step1,) = metrics.read_text().splitlines()
+    two = cmp.compare(cfg, tmp_path, steps=2, **kw)
+    assert calls == [(1, False), (2, True)] and two["reused"] == [] and two["steps"] == 2
+    lines = metrics.read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == step1 and json.loads(lines[1])["step"] == 2
+    saved = json.loads((tmp_path / "GRPO_seed0" / "result.json").read_text())
+    assert saved["config"]["steps"] == 2 and len(saved["eval"]["generated"]) == cmp.FAST_EVAL_N
+    cmp.compare(cfg, tmp_path, steps=1, **kw)
+    assert calls[-1] == (1, False) and len(metrics.read_text().splitlines()) == 1
