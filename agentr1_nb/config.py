@@ -42,6 +42,7 @@ KlEstimator = Literal["low_var_kl", "kl", "mse"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 Method = Literal["naive_rag", "tool_call", "agent"]
 OldLogprobs = Literal["auto", "sampler", "recompute"]
+LogWith = Literal["auto", "none", "tensorboard", "wandb"]
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -236,6 +237,10 @@ class Config:
     """Episodes rolled out together during evaluation."""
     seed: int = 0
     """Seed for torch, numpy and python's random (data order, sampling)."""
+    log_with: LogWith = "auto"
+    """Where training also logs its metrics, through accelerate's trackers (TRL: `report_to`); metrics.jsonl
+    stays the source of truth. "auto": TensorBoard event files in the run folder when `tensorboard` is
+    installed, else none; "tensorboard"; "wandb" (needs `wandb` installed and logged in); "none"."""
 
     # ---------------------------------------------------------------- helpers
     def __post_init__(self) -> None:

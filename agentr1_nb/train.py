@@ -90,6 +90,7 @@ RESUMABLE_FIELDS = (
     "tool_timeout_s",
     "cache_dir",
     "data_dir",
+    "log_with",
 )
 """Fields a resumed run may change (logged): they change how long, how often or in what pieces it runs,
 not what it learns. Any other difference from the stored config is an error naming the fields."""
