@@ -1,0 +1,153 @@
+"""The README a newcomer starts from: short, the two commands on its first screen, a headline table that is what
+the shipped runs say, and a Python example that runs (on a tiny model here)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RUN, tiny_lora_policy
+
+import agentr1_nb
+from agentr1_nb import policy, runs
+from agentr1_nb.compare import shipped_comparison
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SEEDS = (0, 1, 2)
+NUMBER = r"-?\d+\.\d+"
+
+
+def section(title: str) -> str:
+    """The README's text under `## title`, up to the next `## ` heading."""
+    assert f"\n## {title}\n" in README, f"README has no section {title!r}"
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def headline_rows() -> dict[str, list[str]]:
+    """{first cell: the other cells} of the headline table (the one whose header starts `| seed | EM before`)."""
+    lines = README.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("| seed | EM before RL |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert header == [
+        "seed",
+        "EM before RL",
+        "EM after RL",
+        "multi-hop EM before RL",
+        "multi-hop EM after RL",
+    ], header
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def agrees(printed: str, value: float | None, interval: list[float] | None) -> None:
+    """`printed` ("0.33 [0.24, 0.42]" or "0.17") is `value` (and `interval`) at the precision it is printed."""
+    numbers = re.findall(NUMBER, printed)
+    expected = [value] + (list(interval) if interval is not None else [])
+    assert len(numbers) == len(expected), (printed, expected)
+    for text, x in zip(numbers, expected):
+        places = len(text.split(".")[1])
+        assert abs(float(text) - x) <= 0.5 * 10**-places + 1e-9, (printed, expected)
+
+
+def test_readme_is_short_with_the_two_commands_on_its_first_screen():
+    lines = README.splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; results go to docs/results.md"
+    first = "\n".join(lines[:40])
+    assert "make demo" in first and "make test" in first
+    for doc in ("docs/results.md", "docs/history.md", "docs/gpu.md"):
+        assert doc in README and (ROOT / doc).is_file(), doc
+
+
+def test_headline_table_is_what_the_shipped_demo_runs_say():
+    """Per seed: EM and multi-hop EM before and after RL with their intervals, from `results/demo_sS`. The mean
+    row: the means of those, and for after RL the interval over seeds and questions of the shipped comparison,
+    whose GRPO runs are these demo runs (checked: the same EM per seed)."""
+    rows = headline_rows()
+    assert set(rows) == {str(s) for s in SEEDS} | {"mean"}, set(rows)
+    shipped = runs.shipped_runs()
+    reports = [shipped[f"demo_s{s}"]["report"] for s in SEEDS]
+    for s, rep in zip(SEEDS, reports):
+        assert rep["seed"] == s and rep["use_process_reward"] and rep["config"]["algo"] == "grpo"
+        before, after, mh_before, mh_after = rows[str(s)]
+        agrees(before, rep["em_before"], rep["em_before_ci95"])
+        agrees(after, rep["em_after"], rep["em_after_ci95"])
+        agrees(mh_before, rep["multihop_em_before"], rep["multihop_em_before_ci95"])
+        agrees(mh_after, rep["multihop_em_after"], rep["multihop_em_after_ci95"])
+
+    comparison = shipped_comparison()
+    grpo = next(r for r in comparison["rows"] if r["method"] == "GRPO" and r["dataset"] == "generated")
+    grpo_kind = next(r for r in comparison["kind_rows"] if r["method"] == "GRPO")
+    assert comparison["seeds"] == list(SEEDS)
+    assert grpo["em_per_seed"] == pytest.approx([r["em_after"] for r in reports])
+    assert grpo_kind["multihop_per_seed"] == pytest.approx([r["multihop_em_after"] for r in reports])
+
+    def mean(key):
+        return sum(r[key] for r in reports) / len(reports)
+
+    before, after, mh_before, mh_after = rows["mean"]
+    agrees(before, mean("em_before"), None)
+    agrees(after, mean("em_after"), grpo["ci"])
+    agrees(mh_before, mean("multihop_em_before"), None)
+    agrees(mh_after, mean("multihop_em_after"), grpo_kind["multihop_ci"])
+
+
+def python_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", section("In Python"), flags=re.S)
+    assert len(blocks) == 1, "one Python example under '## In Python'"
+    return blocks[0]
+
+
+def test_python_example_is_short_and_every_call_fits_the_real_api():
+    """It compiles, every name it imports exists, and every call of an imported function binds to that
+    function's signature (a renamed argument fails here, not in a reader's session)."""
+    source = python_example()
+    assert 10 <= len(source.strip().splitlines()) <= 15
+    tree = ast.parse(source)
+    compile(tree, "README example", "exec")
+    imported = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+                imported[alias.asname or alias.name] = getattr(module, alias.name)
+    assert {"get_config", "load_policy", "build_task", "train", "evaluate_agent"} <= set(imported)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) in imported]
+    assert {c.func.id for c in calls} == set(imported), "every imported name is used"
+    for call in calls:
+        sig = inspect.signature(imported[call.func.id])
+        sig.bind(*[None] * len(call.args), **{k.arg: None for k in call.keywords})
+
+
+def test_python_example_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, tokenizer, capsys):
+    """The example as printed, with two substitutions: a tiny random model for `load_policy`, and tiny-run
+    overrides added to the config it builds (one warm-up step, one RL step, 2 x 2 episodes of 2 turns)."""
+    tiny = TINY_RUN + ["minibatch_size=2", "micro_batch_size=1", "steps=1", "sft_warmup_steps=1"]
+    real_get_config = agentr1_nb.get_config
+
+    def tiny_config(preset="cpu_demo", overrides=None):
+        return real_get_config(preset, [f"{k}={v}" for k, v in (overrides or {}).items()] + tiny)
+
+    monkeypatch.setattr(agentr1_nb, "get_config", tiny_config)
+    monkeypatch.setattr(
+        policy, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(python_example(), "README example", "exec"), namespace)
+    assert len(namespace["history"]) == 1
+    assert (tmp_path / "runs" / "example" / "metrics.jsonl").is_file()
+    summary, records = namespace["summary"], namespace["records"]
+    assert 0.0 <= summary["em"] <= 1.0 and len(records) == summary["n"] > 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.split()[1] == str(summary["em"])
