@@ -188,3 +188,144 @@ def test_every_documented_command_parses_and_builds_its_config():
             pytest.fail(f"{where}: `python -m agentr1_nb {cmd}` does not parse")
         if getattr(args, "overrides", None):
             get_config(getattr(args, "preset", None) or "cpu_demo", args.overrides)
+
+
+# ----------------------------------------------------------------------------- docs/results.md against the files
+
+RESULTS = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+ANY_NUMBER = r"(?<![\d.])-?\d[\d,]*(?:\.\d+)?"
+
+
+def table(text: str, header_start: str) -> dict[str, list[str]]:
+    """{first cell: the other cells} of the Markdown table whose header row starts with `header_start`."""
+    lines = text.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def numbers_agree(where: str, printed: str, expected: list[float]) -> None:
+    """Every number in `printed` (commas allowed, integers too) is the expected one at its printed precision."""
+    found = re.findall(ANY_NUMBER, printed)
+    assert len(found) == len(expected), (where, printed, expected)
+    for text, x in zip(found, expected):
+        text = text.replace(",", "")
+        places = len(text.split(".")[1]) if "." in text else 0
+        assert abs(float(text) - x) <= 0.5 * 10**-places + 1e-9, (where, printed, expected)
+
+
+def with_ci(value: float, ci: list[float]) -> list[float]:
+    return [value, *ci]
+
+
+def test_results_demo_table_is_what_the_shipped_runs_say():
+    """docs/results.md's table of the nine demo runs: EM by kind, bridge count, searches, minutes, seconds per
+    step and peak RSS of each, and EM and multi-hop EM of the ablations, read from `results/demo_s*`."""
+    rows = table(RESULTS, "| run | EM before -> after RL |")
+    shipped = runs.shipped_runs()
+    names = {"": "", ", `use_process_reward=false`": "_no_process_reward", ", RLOO": "_rloo"}
+    expected_rows = {
+        f"seed {s}{label}": f"demo_s{s}{suffix}" for s in SEEDS for label, suffix in names.items()
+    }
+    assert set(rows) == set(expected_rows)
+    for label, name in expected_rows.items():
+        r = shipped[name]["report"]
+        em, single, comparison, bridge, hop3, multihop, searches, cost = rows[label]
+        kb, ka = r["em_by_kind_before"], r["em_by_kind_after"]
+        if name.endswith(("_no_process_reward", "_rloo")):
+            numbers_agree(
+                label,
+                em,
+                with_ci(r["em_before"], r["em_before_ci95"]) + with_ci(r["em_after"], r["em_after_ci95"]),
+            )
+            numbers_agree(
+                label,
+                multihop,
+                with_ci(r["multihop_em_before"], r["multihop_em_before_ci95"])
+                + with_ci(r["multihop_em_after"], r["multihop_em_after_ci95"]),
+            )
+        else:  # the README's headline holds these
+            assert em == multihop == "README", label
+        numbers_agree(label, single, [kb["single"], ka["single"]])
+        numbers_agree(label, comparison, [kb["comparison"], ka["comparison"]])
+        numbers_agree(label, bridge, [round(kb["bridge"] * 45), round(ka["bridge"] * 45)])
+        numbers_agree(label, hop3, [kb["3hop"], ka["3hop"]])
+        numbers_agree(label, searches, [r["mean_searches_before"], r["mean_searches_after"]])
+        numbers_agree(label, cost, [r["minutes"], r["seconds_per_step"], r["peak_rss_mb"]])
+
+
+COMPARISON_LABELS = {
+    "GRPO (the demo runs)": "GRPO",
+    "Base Tool Call, 1-shot": "Base Tool Call (1-shot)",
+    "Naive RAG, 1-shot": "Naive RAG (1-shot)",
+    "PPO w/o advantage mask": "PPO w/o adv mask",
+    "PPO w/o advantage and loss masks": "PPO w/o adv+loss mask",
+}
+"""Row labels of docs/results.md's comparison table that differ from `comparison.json`'s method names."""
+
+
+def test_results_comparison_table_is_the_shipped_comparison():
+    """docs/results.md's 20-step comparison: the rows `compare` ran are `comparison.json`'s (EM, intervals, per
+    seed, multi-hop, by kind, searches, minutes per run, the paper's column); the rows taken from the demo runs
+    (GRPO, RLOO, without the process reward, before RL) agree with those runs' per-seed reports."""
+    rows = table(RESULTS, "| method | EM [95% CI] | per seed 0 / 1 / 2 |")
+    shipped = shipped_comparison()
+    em_rows = {r["method"]: r for r in shipped["rows"] if r["dataset"] == "generated"}
+    kind_rows = {r["method"]: r for r in shipped["kind_rows"]}
+    kinds = ("single", "comparison", "bridge", "3hop")
+    checked = set()
+    for label, cells in rows.items():
+        method = COMPARISON_LABELS.get(label, label)
+        em, per_seed, mh, mh_per_seed, by_kind, searches, minutes, paper = cells
+        if method in em_rows:
+            r = em_rows[method]
+            readme = em == "README"  # GRPO: the README's headline (its test) holds these cells
+            assert not readme or [em, per_seed, mh, mh_per_seed] == ["README"] * 4, label
+            if not readme:
+                numbers_agree(label, em, with_ci(r["em"], r["ci"]))
+            if method in kind_rows:
+                k = kind_rows[method]
+                if not readme:
+                    numbers_agree(label, per_seed, r["em_per_seed"])
+                    numbers_agree(label, mh, with_ci(k["multihop_em"], k["multihop_ci"]))
+                    numbers_agree(label, mh_per_seed, k["multihop_per_seed"])
+                numbers_agree(label, by_kind, [k["em_by_kind"][x] for x in kinds])
+                numbers_agree(label, searches, [k["searches"]])
+                secs = [shipped["seconds_per_run"][f"{method} seed {s}"] / 60 for s in SEEDS]
+                numbers_agree(label, minutes, [min(secs), max(secs)])
+            numbers_agree(
+                label, paper, [shipped["paper"][method]["avg"]] if method in shipped["paper"] else []
+            )
+            checked.add(method)
+    assert checked == set(em_rows), set(em_rows) - checked
+
+    demo = runs.shipped_runs()
+    from_demo = {"GRPO (the demo runs)": "", "RLOO (the demo's `*_rloo` runs)": "_rloo"}
+    from_demo["GRPO w/o process reward (the demo's `*_no_process_reward` runs)"] = "_no_process_reward"
+    for label, suffix in from_demo.items():
+        reps = [demo[f"demo_s{s}{suffix}"]["report"] for s in SEEDS]
+        em, per_seed, mh, mh_per_seed, by_kind, searches, _, _ = rows[label]
+        mean_kinds = [sum(r["em_by_kind_after"][x] for r in reps) / 3 for x in kinds]
+        numbers_agree(label, by_kind, mean_kinds)
+        numbers_agree(label, searches, [sum(r["mean_searches_after"] for r in reps) / 3])
+        if em == "README":
+            continue
+        # the mean and the per-seed values; the interval comes from per-question files, which are not shipped
+        numbers_agree(label, per_seed, [r["em_after"] for r in reps])
+        numbers_agree(label, mh_per_seed, [r["multihop_em_after"] for r in reps])
+        assert float(em.strip("*").split()[0]) == pytest.approx(
+            sum(r["em_after"] for r in reps) / 3, abs=0.005
+        )
+        assert float(mh.strip("*").split()[0]) == pytest.approx(
+            sum(r["multihop_em_after"] for r in reps) / 3, abs=0.005
+        )
+    before = rows["before RL (the warm-up alone, the same seeds)"]
+    reps = [demo[f"demo_s{s}"]["report"] for s in SEEDS]
+    numbers_agree("before RL", before[1], [r["em_before"] for r in reps])
+    numbers_agree("before RL", before[3], [r["multihop_em_before"] for r in reps])
+    numbers_agree("before RL", before[5], [sum(r["mean_searches_before"] for r in reps) / 3])
