@@ -258,27 +258,12 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for 2 CPU cores: zero-shot prompt (~240 tokens instead of ~440), two passages per search, one
-    # on-policy update per step with the sampler's log-probs as pi_old and no reference pass (kl_coef=0).
-    # The supervised warm-up (14 steps x 8 gold episodes) teaches the tool-call format and two searches, not
-    # when to stop: the greedy warm-started policy (seed 0) searches 3.00 times per question (the turn limit)
-    # and answers none (EM 0.00); seeds 1 and 2 already answer a quarter. GRPO has to teach it to answer from
-    # what it found. 20 RL steps at lr 3e-4, raised linearly over the first 5 (`warmup_steps`): over 3 seeds
-    # held-out EM 0.17 -> 0.37 and bridge + 3-hop 0.10 -> 0.30, every seed above its before-RL interval
-    # (README). A constant 5e-4 from the first step (`EARLIER_RECIPES["v2"]`) reached 0.17: seed 2's policy
-    # gave up the second search at RL step 2 (Adam's first steps are about the learning rate in size); a 5e-4
-    # peak after the same ramp broke seed 0's tool-call format at step 17. fp32 named: `auto` picks bf16 on
-    # cores with native bf16, which is no faster per RL step there and strays from the sampler's log-probs
-    # (first ratio 0.80-1.25); in fp32 the warm-up, evaluation and first RL step of a seed came out the same
-    # on both kinds of cores measured (AVX2-only and AVX-512).
-    # Process reward 0.3 per search that surfaces a new supporting passage: it keeps the tool in use. Without it
-    # (v2, 3 seeds) seed 2's policy stopped searching within 3 RL steps (EM 0.23 -> 0.07), as the earlier
-    # 6-step warm-up's did (`EARLIER_RECIPES["v1"]`).
-    # LoRA on the top 15 of the 30 layers: the backward stops halfway (measured on 2 x ~500 tokens, one
-    # thread: forward + backward 14.1 s -> 10.2 s) and the lower layers keep no activations; evaluation 25
-    # episodes at a time bounds the KV cache (50 x 1,024 tokens would be 2.4 GB in fp32). Forward/backward 2
-    # episodes at a time: the warm-up's peak RSS 3,926 -> 2,752 MiB, in the same time and with the same losses
-    # (gold episodes of up to ~1,000 tokens; activations grow with the tokens of a micro-batch).
+    # Sized for 2 CPU cores (docs/results.md has its runs, docs/history.md how it got here): a zero-shot prompt
+    # and two passages per search keep episodes short; the supervised warm-up teaches the tool-call format and
+    # two searches, GRPO when to answer. The learning rate is ramped because Adam's first steps are about the
+    # learning rate in size whatever the gradient; fp32 because bf16 strays from the sampler's log-probs and
+    # is no faster per RL step where it is native; the process reward keeps the tool in use; LoRA on the top
+    # layers only, so the backward stops halfway; small evaluation and micro-batches bound the CPU's memory.
     "cpu_demo": dict(
         prompt_style="zero_shot",
         top_k=2,
@@ -349,17 +334,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["a100_80gb"] = dict(
     PRESETS["a100"], questions_per_step=16, minibatch_size=40, micro_batch_size=8, eval_batch_size=64
 )
-
-# overrides of today's cpu_demo preset that give an earlier recipe whose shipped run records
-# (agentr1_nb/results/v1_*, v2_*) the README and notebook 06 still quote:
-# `get_config("cpu_demo", EARLIER_RECIPES["v1"])` reruns it.
-EARLIER_RECIPES: dict[str, dict[str, Any]] = {
-    # a constant learning rate of 5e-4 from the first RL step, the dtype left to the machine (fp32 where those
-    # runs ran)
-    "v2": dict(lr=5e-4, warmup_steps=0, compute_dtype="auto"),
-}
-# v2 with a 6-step warm-up, a process reward of 0.1 and 30 RL steps
-EARLIER_RECIPES["v1"] = dict(EARLIER_RECIPES["v2"], sft_warmup_steps=6, process_reward_weight=0.1, steps=30)
 
 
 _INF = float("inf")

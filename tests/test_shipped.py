@@ -9,28 +9,23 @@ import torch
 
 from agentr1_nb import runs
 from agentr1_nb.compare import BASELINE_METHODS, VARIANTS, shipped_comparison
-from agentr1_nb.config import EARLIER_RECIPES, PRESETS, get_config
+from agentr1_nb.config import PRESETS, get_config
 from agentr1_nb.policy import load_policy
 
 # fields that may differ between the shipped run and the preset without changing the recipe: the run's own
-# choices, the machine's folders (resolved from the environment when the config is built), and the micro-batch
-# (gradient accumulation: the same gradient up to rounding, less memory; the records before it became 2 used 4)
-_RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir", "micro_batch_size"}
+# choices and the machine's folders (resolved from the environment when the config is built)
+_RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_dir"}
 
 
-# a record's name ends with what its run changed on top of the recipe (besides the seed)
+# a record's name ends with what its run changed on top of today's preset (besides the seed)
 _SUFFIXES = {
     "_no_process_reward": {"use_process_reward": False},
     "_rloo": {"algo": "rloo"},
-    # on the v2 recipe: a linear learning-rate warm-up over the first 5 RL steps, measured against v2 on the same
-    # seeds; fp32 named because v2's "auto" is bf16 on cores with native bf16 (v2's shipped runs ran where
-    # "auto" was fp32, so the two differ in the warm-up alone)
-    "_lr_warmup": {"warmup_steps": 5, "compute_dtype": "fp32"},
 }
 
 
 def split_name(name: str) -> tuple[str, set[str]]:
-    """A record's name and the suffixes it ends with: `demo_s2_lr_warmup` -> ("demo_s2", {"_lr_warmup"})."""
+    """A record's name and the suffixes it ends with: `demo_s2_rloo` -> ("demo_s2", {"_rloo"})."""
     suffixes = set()
     while suffix := next((s for s in _SUFFIXES if name.endswith(s)), None):
         suffixes.add(suffix)
@@ -39,22 +34,20 @@ def split_name(name: str) -> tuple[str, set[str]]:
 
 
 def recipe_of(name: str) -> dict:
-    """The config a shipped record claims: today's cpu_demo preset, or an earlier recipe for `v1_*`/`v2_*` names,
-    with the overrides its name's suffixes say (`_rloo`: RLOO instead of GRPO)."""
-    earlier = name.split("_", 1)[0]
-    cfg = get_config("cpu_demo", EARLIER_RECIPES.get(earlier, {})).to_dict()
+    """The config a shipped record claims: today's cpu_demo preset with the overrides its name's suffixes say
+    (`_rloo`: RLOO instead of GRPO)."""
+    cfg = get_config("cpu_demo").to_dict()
     for suffix in split_name(name)[1]:
         cfg.update(_SUFFIXES[suffix])
     return cfg
 
 
-def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
+def test_shipped_runs_are_finished_demo_runs_of_todays_preset():
+    """The package ships today's preset's runs only (docs/results.md): the demo, without the process reward and
+    with RLOO, three seeds each; earlier recipes' runs are history (docs/history.md), not package data."""
     records = runs.shipped_runs()
-    today = {f"demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo")}  # README
-    v2 = {
-        f"v2_demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo", "_lr_warmup")
-    }
-    assert today | v2 | {"v1_demo_s0", "v1_demo_s0_no_process_reward"} <= set(records)
+    today = {f"demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo")}
+    assert set(records) == today
     for name, rec in records.items():
         recipe = recipe_of(name)
         report = rec["report"]
@@ -70,13 +63,6 @@ def test_shipped_runs_are_finished_demo_runs_of_their_recipe():
         lo, hi = report["em_after_ci95"]
         assert lo <= report["em_after"] <= hi
     assert set(PRESETS["cpu_demo"]) <= set(get_config("cpu_demo").to_dict())
-
-
-def test_earlier_recipes_differ_from_the_preset_only_in_their_overrides():
-    today = get_config("cpu_demo").to_dict()
-    for name, overrides in EARLIER_RECIPES.items():
-        old = recipe_of(f"{name}_demo_s0")
-        assert {k for k in today if today[k] != old[k]} == set(overrides), name
 
 
 def test_shipped_adapter_is_the_demo_run_and_loads_on_the_cpu_default():
