@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import (
     DATASETS,
@@ -82,7 +82,7 @@ def _is_main_process() -> bool:
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one `error: ...` line and exit status 2, like every other bad input."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
@@ -117,6 +117,7 @@ def _add_config_args(
     """--preset and the Config overrides: positional `key=value ...`, or `--set key=value` (repeatable) for a
     command whose positional argument is something else."""
     p.add_argument("--preset", default=default_preset, help=f"one of: {', '.join(PRESETS)}")
+    p.set_defaults(positional_overrides=positional)
     if positional:
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Config field overrides")
     else:
@@ -530,11 +531,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`build_parser().parse_args`, except that a `key=value` after an option that follows another
+    positional argument (`bench trainers --json steps=5`, which argparse leaves unmatched) is an override
+    too. Anything else unmatched is an error."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and (not args.positional_overrides or any(a.startswith("-") or "=" not in a for a in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input (unknown field or value, missing or unreadable file, malformed data,
     offline hub, a run folder in use) prints one `error: ...` line and exits with status 2 instead of a
     traceback; Ctrl-C exits with 130 (after `train` has saved what it can)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         user = parse_overrides(args.overrides)
         cfg = get_config(args.preset, user)  # every field checked here, before any model loads

@@ -310,7 +310,8 @@ def test_compare_bench_and_check_take_steps_from_the_key_value(capsys, monkeypat
     monkeypatch.setattr(bench, "bench_trainers", lambda cfg, steps=2: {"steps": steps})
     assert main(["bench", "trainers", "steps=5", "--json"]) == 0
     assert main(["bench", "trainers", "--json"]) == 0
-    assert [json.loads(x)["steps"] for x in capsys.readouterr().out.splitlines()] == [5, 2]
+    assert main(["bench", "trainers", "--json", "steps=6"]) == 0  # after an option: an override too
+    assert [json.loads(x)["steps"] for x in capsys.readouterr().out.splitlines()] == [5, 2, 6]
 
     def fake_check(preset, steps=2, overrides=None, **kw):
         got.update(check_steps=steps)

@@ -70,6 +70,9 @@ CASES = [
     ("bench-steps", ["bench", "trainers", "--steps", "3", "steps=4"], "steps=4"),
     ("check-steps", ["check", "--tiny", "--steps", "3", "steps=4"], "steps=4"),
     ("bench-steps-wrong-bench", ["bench", "logprobs", "--steps", "3"], "--steps"),
+    ("bench-late-key-twice", ["bench", "step", "seed=1", "--json", "seed=2"], "seed is given twice"),
+    ("bench-late-not-key-value", ["bench", "step", "--json", "steps"], "unrecognized arguments: steps"),
+    ("ask-key-value-not-set", ["ask", "3", "seed=1"], "unrecognized arguments: seed=1"),
     # ---- a key=value given twice with two values
     ("twice-seed", ["info", "seed=1", "seed=2"], "seed is given twice"),
     ("twice-data-path", ["info", "data_path=a", "data_path=b"], "data_path is given twice"),
