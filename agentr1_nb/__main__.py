@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from .config import (
     DATASETS,
+    INT_LIMIT,
     METHODS,
     PRESETS,
     PROMPT_STYLES,
@@ -88,7 +89,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_in(low: int, high: int | None = None, note: str = "") -> Callable[[str], int]:
-    """An argparse type: an int in [low, high) (high None: no upper bound), else a message with the range."""
+    """An argparse type: an int in [low, high) (high None: below 2**63, shown as inf), else a message with
+    the range."""
 
     def parse(text: str) -> int:
         valid = f"valid: [{low}, {'inf' if high is None else high}){note}"
@@ -96,7 +98,7 @@ def _int_in(low: int, high: int | None = None, note: str = "") -> Callable[[str]
             value = int(text)
         except ValueError:  # also past Python's 4,300-digit conversion limit
             raise argparse.ArgumentTypeError(f"{short_repr(text)} is not an int; {valid}") from None
-        if value < low or (high is not None and value >= high):
+        if value < low or value >= (INT_LIMIT if high is None else high):
             raise argparse.ArgumentTypeError(f"{short_repr(value)} is out of range; {valid}")
         return value
 

@@ -100,6 +100,8 @@ CASES = [
     ("compare-seed-big", ["compare", "--seeds", BIG], "--seeds"),
     ("compare-seed-float", ["compare", "--seeds", "1e3"], "--seeds"),
     ("retrieval-k-zero", [*RETRIEVAL, "--k", "0"], "--k"),
+    ("retrieval-k-401-digits", [*RETRIEVAL, "--k", BIG], "--k"),
+    ("compare-steps-401-digits", ["compare", "--steps", BIG], "--steps"),
     ("bench-steps-zero", ["bench", "trainers", "--steps", "0"], "--steps"),
     ("check-steps-zero", ["check", "--steps", "0"], "--steps"),
     # ---- numbers at the edges of the Config: the field is named
