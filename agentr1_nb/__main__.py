@@ -98,6 +98,8 @@ def _int_in(low: int, high: int | None = None, note: str = "") -> Callable[[str]
             value = int(text)
         except ValueError:  # also past Python's 4,300-digit conversion limit
             raise argparse.ArgumentTypeError(f"{short_repr(text)} is not an int; {valid}") from None
+        if high is None and value >= INT_LIMIT:
+            valid = f"valid: [{low}, 2**63){note}"
         if value < low or value >= (INT_LIMIT if high is None else high):
             raise argparse.ArgumentTypeError(f"{short_repr(value)} is out of range; {valid}")
         return value
@@ -525,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="python -m agentr1_nb",
         description="Agent-R1 in notebooks: multi-turn tool-using agents trained with RL.",
+        epilog="Options are never abbreviated. A flag that sets a Config field (e.g. --retriever) and the "
+        "same key=value must agree; a flag left out takes the key=value. Bad input: one 'error: ...' line, "
+        "exit status 2.",
         allow_abbrev=False,
     )
     sub = ap.add_subparsers(dest="command", required=True)
