@@ -387,6 +387,10 @@ def _retrieval(args: argparse.Namespace, cfg: Config, user: dict) -> None:
 
 
 def _train(args: argparse.Namespace, cfg: Config, user: dict) -> int:
+    given: dict[str, str] = {}
+    for key, _, value in (item.partition("=") for item in args.trl):
+        if given.setdefault(key.strip(), value) != value:
+            raise ValueError(f"--trl {key.strip()} is given twice, as {given[key.strip()]!r} and {value!r}")
     if args.backend == "trl":
         from .trl_backend import parse_trl_args, train_trl
 

@@ -79,6 +79,11 @@ CASES = [
     ("twice-ask-set", ["ask", "--set", "max_turns=1", "--set", "max_turns=2"], "max_turns is given twice"),
     ("twice-train", ["train", "--out", "R", "lr=1e-4", "lr=2e-4"], "lr is given twice"),
     ("twice-check", ["check", "--tiny", "algo=ppo", "algo=rloo"], "algo is given twice"),
+    (
+        "twice-trl",
+        ["train", "--out", "R", "--backend", "trl", "--trl", "beta=0.1", "--trl", "beta=0.2"],
+        "--trl beta is given twice",
+    ),
     # ---- numbers of the command line's own flags
     ("eval-limit-negative", [*EVAL, "--limit", "-1"], "--limit"),
     ("eval-limit-text", [*EVAL, "--limit", "ten"], "--limit"),
