@@ -337,6 +337,11 @@ PRESETS["a100_80gb"] = dict(
 
 
 _INF = float("inf")
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): what every seeded library takes as it is (`numpy.random.seed`, which TRL's
+`set_seed` calls, refuses larger ones; torch takes up to 2**64)."""
+INT_LIMIT = 2**63
+"""Every int field lies in (-2**63, 2**63) (a torch int64), so a 401-digit number is refused by name."""
 RANGES: dict[str, tuple[float, float, str]] = {
     # field: (low, high, bounds) with bounds "[]", "(]", "[)" or "()"; every number must also be finite
     "lora_r": (1, _INF, "[)"),
@@ -344,7 +349,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "lora_dropout": (0, 1, "[)"),
     "lora_top_layers": (0, _INF, "[)"),
     "logprob_chunk": (1, _INF, "[)"),
-    "world_seed": (0, _INF, "[)"),
+    "world_seed": (0, SEED_LIMIT, "[)"),
     "world_entities": (8, _INF, "[)"),
     "world_questions": (2, _INF, "[)"),
     "eval_fraction": (0, 1, "()"),
@@ -354,7 +359,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_tokens_per_turn": (1, _INF, "[)"),
     "max_total_tokens": (1, _INF, "[)"),
     "max_calls_per_turn": (1, _INF, "[)"),
-    "tool_timeout_s": (0, _INF, "()"),
+    "tool_timeout_s": (0, 3600, "(]"),  # an hour at most (thread joins raise past ~9.2e9 s)
     "group_size": (1, _INF, "[)"),
     "temperature": (0, _INF, "()"),
     "top_p": (0, 1, "(]"),
@@ -381,16 +386,43 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_bad_steps": (1, _INF, "[)"),
     "eval_questions": (1, _INF, "[)"),
     "eval_batch_size": (1, _INF, "[)"),
-    "seed": (0, _INF, "[)"),
+    "seed": (0, SEED_LIMIT, "[)"),
 }
 """The valid range of every numeric field, checked when a Config is built (`validate`)."""
 
 
 def _range_text(lo: float, hi: float, bounds: str) -> str:
     def num(x: float) -> str:
-        return "inf" if x == _INF else "-inf" if x == -_INF else f"{x:g}"
+        if x in (_INF, -_INF):
+            return "inf" if x > 0 else "-inf"
+        return str(x) if isinstance(x, int) else f"{x:g}"
 
     return f"{bounds[0]}{num(lo)}, {num(hi)}{bounds[1]}"
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to about `limit` characters, so that an error about a 5,000-digit number or a long
+    string stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 10]}... ({len(text)} characters)"
+
+
+def check_number(name: str, value: Any, kind: type) -> str | None:
+    """Why `value` is not a valid `kind` (int or float) for the field `name` (type, finite, `RANGES`), or None
+    when it is. Never raises: a huge int is reported, not converted."""
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        return f"{name}={short_repr(value)} must be {'an int' if kind is int else 'a number'}"
+    lo, hi, b = RANGES.get(name, (-_INF, _INF, "()"))
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        lo, hi = max(lo, -INT_LIMIT), min(hi, INT_LIMIT)
+        valid = _range_text(lo, hi, ("(" if lo == -INT_LIMIT else b[0]) + (")" if hi == INT_LIMIT else b[1]))
+        return f"{name}={short_repr(value)} is out of range; valid: {valid}"
+    if not math.isfinite(value):
+        return f"{name}={value!r} must be finite"
+    inside = (value >= lo if b[0] == "[" else value > lo) and (value <= hi if b[1] == "]" else value < hi)
+    if not inside:
+        return f"{name}={short_repr(value)} is out of range; valid: {_range_text(lo, hi, b)}"
+    return None
 
 
 def validate(cfg: Config) -> None:
@@ -403,34 +435,18 @@ def validate(cfg: Config) -> None:
         choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
         if choices is not None:
             if value not in choices:
-                errors.append(f"{name}={value!r} is not one of: {', '.join(choices)}")
-            continue
-        if hint is bool:
+                errors.append(f"{name}={short_repr(value)} is not one of: {', '.join(choices)}")
+        elif hint is bool:
             if not isinstance(value, bool):
-                errors.append(f"{name}={value!r} must be a bool")
-            continue
-        if hint in (int, float):
-            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
-                ok_type = False
-            if not ok_type:
-                errors.append(f"{name}={value!r} must be {'an int' if hint is int else 'a number'}")
-                continue
-            if hint is float:
+                errors.append(f"{name}={short_repr(value)} must be a bool")
+        elif hint in (int, float):
+            error = check_number(name, value, hint)
+            if error:
+                errors.append(error)
+            elif hint is float:
                 object.__setattr__(cfg, name, float(value))
-            if not math.isfinite(value):
-                errors.append(f"{name}={value!r} must be finite")
-                continue
-            if name in RANGES:
-                lo, hi, b = RANGES[name]
-                inside = (value >= lo if b[0] == "[" else value > lo) and (
-                    value <= hi if b[1] == "]" else value < hi
-                )
-                if not inside:
-                    errors.append(f"{name}={value!r} is out of range; valid: {_range_text(lo, hi, b)}")
-            continue
-        if hint is str and not isinstance(value, str):
-            errors.append(f"{name}={value!r} must be a string")
+        elif hint is str and not isinstance(value, str):
+            errors.append(f"{name}={short_repr(value)} must be a string")
     if not errors:
         if cfg.algo in GROUP_ALGOS and cfg.group_size < 2:
             errors.append(
@@ -462,26 +478,34 @@ def _coerce(name: str, value: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"config field {name!r} is a bool; got {value!r} (use true/false)")
+        raise ValueError(f"config field {name!r} is a bool; got {short_repr(value)} (use true/false)")
     try:
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
             return float(value)
-    except ValueError as e:
-        raise ValueError(f"config field {name!r} needs a {type(default).__name__}; got {value!r}") from e
+    except ValueError as e:  # also a number past Python's 4,300-digit conversion limit
+        kind = "an int" if isinstance(default, int) else "a float"
+        raise ValueError(f"config field {name!r} needs {kind}; got {short_repr(value)}") from e
     return value
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["key=value", ...]` as {field: value of the field's type}. A key given twice with two different
+    values is an error naming it (the same value twice is harmless)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ValueError(f"override {short_repr(item)} is not key=value")
         key, value = item.split("=", 1)
         key = key.strip()
         _check_fields({key: None})
-        out[key] = _coerce(key, value)
+        value = _coerce(key, value)
+        if key in out and out[key] != value:
+            raise ValueError(
+                f"{key} is given twice, as {short_repr(out[key])} and {short_repr(value)}: give it once"
+            )
+        out[key] = value
     return out
 
 

@@ -158,6 +158,9 @@ class CalculatorTool(Tool):
 
     def _eval(self, node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            # `1e999` parses as inf: a number out of range is an error result, never "inf" or "nan"
+            if not math.isfinite(node.value) or abs(node.value) > self.max_magnitude:
+                raise ValueError(f"number out of range (|x| <= {self.max_magnitude:g})")
             return node.value
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](self._eval(node.operand))
@@ -169,7 +172,7 @@ class CalculatorTool(Tool):
             if isinstance(value, complex) or (
                 isinstance(value, float) and not math.isfinite(value) or abs(value) > self.max_magnitude
             ):
-                raise ValueError("result out of range")
+                raise ValueError(f"result out of range (|x| <= {self.max_magnitude:g})")
             return value
         raise ValueError(f"unsupported expression element {type(node).__name__}; use numbers and + - * / ( )")
 

@@ -219,3 +219,111 @@ def test_compare_saved_only_runs_nothing_and_lists_what_is_missing(capsys, tmp_p
     capsys.readouterr()
     assert main([*argv, "--fresh"]) == 2  # redo everything and run nothing: a clear error
     assert "contradict" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the command line means what it says
+
+
+def test_every_command_is_in_the_table_and_no_parser_abbreviates():
+    import argparse
+
+    from agentr1_nb.__main__ import COMMANDS, build_parser
+
+    ap = build_parser()
+    (sub,) = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == list(COMMANDS) and len(COMMANDS) == 10
+    assert not ap.allow_abbrev and not any(p.allow_abbrev for p in sub.choices.values())
+
+
+def test_a_flag_left_out_takes_the_key_value(capsys, monkeypatch):
+    """`retriever=`, `data_path=`, `corpus_path=` under retrieval / eval are used, not a flag's default."""
+    from agentr1_nb import retrieval, runs
+
+    got = {}
+
+    def fake_recall(dataset, data_path, corpus_path, k, cfg):
+        got.update(dataset=dataset, data=data_path, corpus=corpus_path, retriever=cfg.retriever, k=k)
+        return {"ok": 1}
+
+    monkeypatch.setattr(retrieval, "measure_recall", fake_recall)
+    argv = [
+        "retrieval",
+        "--dataset",
+        "generated",
+        "retriever=dense",
+        "data_path=q.json",
+        "corpus_path=c.json",
+    ]
+    assert main(argv) == 0
+    assert got == {"dataset": "generated", "data": "q.json", "corpus": "c.json", "retriever": "dense", "k": 5}
+    assert (
+        main(["retrieval", "--dataset", "generated", "--retriever", "dense", "retriever=dense"]) == 0
+    )  # agree
+    assert got["retriever"] == "dense" and got["data"] == ""  # nothing given: the preset's
+
+    def fake_run_eval(cfg, method, adapter=None, limit=0, out_dir=None, prompt_style=None):
+        got.update(data=cfg.data_path, corpus=cfg.corpus_path, prompt_style=prompt_style, out=out_dir)
+        return {"method": method}
+
+    monkeypatch.setattr(runs, "run_eval", fake_run_eval)
+    argv = [
+        "eval",
+        "--method",
+        "tool_call",
+        "--dataset",
+        "generated",
+        "data_path=q.json",
+        "corpus_path=c.json",
+    ]
+    assert main([*argv, "prompt_style=few_shot"]) == 0
+    assert got["data"] == "q.json" and got["corpus"] == "c.json" and got["prompt_style"] == "few_shot"
+    assert got["out"] is None  # the default folder of run_eval
+    capsys.readouterr()
+
+
+def test_compare_bench_and_check_take_steps_from_the_key_value(capsys, monkeypatch):
+    from agentr1_nb import bench, check, compare
+
+    got = {}
+
+    def fake_compare(cfg, out, **kw):
+        got.update(kw, cfg_steps=cfg.steps)
+        return {
+            "rows": [{"em": float("nan"), "ci": [float("nan"), float("inf")]}],
+            "missing": [],
+            "minutes": 0.0,
+        }
+
+    monkeypatch.setattr(compare, "compare", fake_compare)
+    assert main(["compare", "--json", "steps=3", "eval_questions=7"]) == 0
+    assert got["steps"] == 3 and got["eval_n"] == 7 and got["cfg_steps"] == 3
+    out = capsys.readouterr().out.strip()
+    line = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert line["rows"] == [{"em": None, "ci": [None, None]}] and "NaN" not in out
+    assert main(["compare", "--json", "--steps", "4", "--eval-n", "9"]) == 0
+    assert got["steps"] == 4 and got["eval_n"] == 9
+    assert main(["compare", "--json"]) == 0 and got["steps"] is None and got["eval_n"] is None
+    assert main(["compare", "--fast", "--json", "steps=2", "group_size=2"]) == 0  # agrees with --fast
+    assert got["steps"] == 2 and got["fast"]
+    capsys.readouterr()
+
+    monkeypatch.setattr(bench, "bench_trainers", lambda cfg, steps=2: {"steps": steps})
+    assert main(["bench", "trainers", "steps=5", "--json"]) == 0
+    assert main(["bench", "trainers", "--json"]) == 0
+    assert main(["bench", "trainers", "--json", "steps=6"]) == 0  # after an option: an override too
+    assert [json.loads(x)["steps"] for x in capsys.readouterr().out.splitlines()] == [5, 2, 6]
+
+    def fake_check(preset, steps=2, overrides=None, **kw):
+        got.update(check_steps=steps)
+        return [{"ok": True}]
+
+    monkeypatch.setattr(check, "run_check", fake_check)
+    assert main(["check", "--tiny", "steps=3"]) == 0 and got["check_steps"] == 3
+    assert main(["check", "--tiny"]) == 0 and got["check_steps"] == 2
+
+
+def test_json_output_is_strict_json():
+    from agentr1_nb.__main__ import dumps
+
+    text = dumps({"a": float("nan"), "b": [1.5, float("-inf"), {"c": (float("inf"),)}], "d": "NaN"})
+    assert json.loads(text) == {"a": None, "b": [1.5, None, {"c": [None]}], "d": "NaN"}

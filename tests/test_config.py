@@ -178,3 +178,48 @@ def test_the_name_tuples_are_the_literal_choices():
     assert config.ALGOS == ("grpo", "rloo", "reinforce++", "reinforce++_baseline", "ppo")
     assert config.PROMPT_STYLES == ("zero_shot", "few_shot")
     assert set(config.GROUP_ALGOS) < set(config.ALGOS)
+
+
+# ----------------------------------------------------------------------------- numbers at the edges
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("seed=" + "1" * 401, r"seed=1111.*\(401 characters\) is out of range; valid: \[0, 4294967296\)"),
+        (f"seed={2**64}", r"seed=18446744073709551616 is out of range; valid: \[0, 4294967296\)"),
+        (f"seed={2**32}", r"seed=4294967296 is out of range"),
+        ("seed=-1", r"seed=-1 is out of range; valid: \[0, 4294967296\)"),
+        (f"world_seed={2**32}", r"world_seed=4294967296 is out of range"),
+        ("steps=" + "9" * 401, r"steps=9999.* is out of range; valid: \[0, 9223372036854775808\)"),
+        ("max_turns=-" + "9" * 30, r"max_turns=-999.* is out of range"),
+        ("tool_timeout_s=1e10", r"tool_timeout_s=10000000000.0 is out of range; valid: \(0, 3600\]"),
+        ("steps=" + "9" * 5000, r"config field 'steps' needs an int; got '9999.*\(5002 characters\)"),
+        ("lr=1e400", "lr=inf must be finite"),
+    ],
+)
+def test_numbers_at_the_edges_name_the_field(override, match):
+    """A huge int or seed is a one-line error naming the field and its range, never an OverflowError."""
+    with pytest.raises(ValueError, match=match) as err:
+        get_config("cpu_demo", [override])
+    assert len(str(err.value)) < 200
+
+
+def test_largest_valid_seed_and_timeout_are_accepted():
+    cfg = get_config("cpu_demo", [f"seed={2**32 - 1}", f"world_seed={2**32 - 1}", "tool_timeout_s=3600"])
+    assert cfg.seed == cfg.world_seed == 2**32 - 1 and cfg.tool_timeout_s == 3600.0
+
+
+def test_huge_numbers_in_a_dict_or_direct_construction_name_the_field():
+    with pytest.raises(ValueError, match=r"lr=1000.* is out of range; valid: \(0, 1\]"):
+        get_config("cpu_demo", {"lr": 10**401})
+    with pytest.raises(ValueError, match=r"seed=.* is out of range"):
+        Config(seed=10**30)
+
+
+def test_a_key_given_twice_with_two_values_is_an_error():
+    with pytest.raises(ValueError, match="seed is given twice, as 1 and 2"):
+        parse_overrides(["seed=1", "seed=2"])
+    with pytest.raises(ValueError, match="data_path is given twice"):
+        get_config("cpu_demo", ["data_path=a.json", "data_path=b.json"])
+    assert parse_overrides(["seed=1", "seed=01"]) == {"seed": 1}  # the same value twice is harmless

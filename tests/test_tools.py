@@ -98,6 +98,21 @@ def test_calculator_rejects_without_raising(expr):
     assert res.content.startswith("Error:")
 
 
+@pytest.mark.parametrize(
+    "expr", ["1e999", "-1e999", "1e999 - 1e999", "1e999 * 0", "9" * 150, "1e300 / 1e-300"]
+)
+def test_calculator_numbers_out_of_range_are_an_error_result_not_inf(expr):
+    """`1e999` parses as inf: the result names the range instead of reading "inf" or "nan"."""
+    res = CalculatorTool().execute({"expression": expr})
+    assert not res.ok and "out of range" in res.error and res.content.startswith("Error:")
+    assert "inf" not in res.content and "nan" not in res.content
+
+
+def test_calculator_keeps_numbers_inside_the_range():
+    res = CalculatorTool().execute({"expression": "1e99 * 10"})
+    assert res.ok and res.data["value"] == 1e100
+
+
 def test_cut():
     assert cut("abcdef", 10) == "abcdef"
     assert cut("abcdefghij", 6) == "abc..."
