@@ -137,7 +137,10 @@ def test_python_example_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, t
     real_get_config = agentr1_nb.get_config
 
     def tiny_config(preset="cpu_demo", overrides=None):
-        return real_get_config(preset, [f"{k}={v}" for k, v in (overrides or {}).items()] + tiny)
+        ours = {item.split("=", 1)[0] for item in tiny}  # the tiny run's values replace the example's
+        return real_get_config(
+            preset, [f"{k}={v}" for k, v in (overrides or {}).items() if k not in ours] + tiny
+        )
 
     monkeypatch.setattr(agentr1_nb, "get_config", tiny_config)
     monkeypatch.setattr(
