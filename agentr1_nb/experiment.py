@@ -19,13 +19,14 @@ random draws of a run do not depend on which entry point started it.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from .common import atomic_write_json, maxrss_bytes, mean, peak_memory_mb, set_seed
 from .config import Config
@@ -158,6 +159,22 @@ def evaluate_sets(
     return results
 
 
+def load(cfg: Config, model, tokenizer, task: Task | None, adapter=None) -> tuple[Any, Any, Task]:
+    """The policy (`policy.load_policy`, with `adapter`) and the task (`env.build_task`), each unless given,
+    with a progress bar: the first minutes of a run on a fresh machine are spent here (converting the
+    default model, generating the world, building the retriever)."""
+    with tqdm(total=2, desc="load", unit="part", disable=model is not None and task is not None) as bar:
+        if model is None:
+            bar.set_postfix_str("policy")
+            model, tokenizer = load_policy(cfg, adapter=adapter)
+        bar.update(1)
+        if task is None:
+            bar.set_postfix_str("task: questions, corpus, retriever")
+            task = build_task(cfg, tokenizer)
+        bar.update(1)
+    return model, tokenizer, task
+
+
 def run_experiment(
     cfg: Config,
     out: str | Path,
@@ -196,11 +213,7 @@ def run_experiment(
     rss: dict[str, float] = {}  # peak RSS (MiB) at the end of each phase
     set_seed(cfg.seed)
     with _timed(phases, rss, "load"):
-        if model is None:
-            print("loading the policy and building the task...", file=sys.stderr, flush=True)
-            model, tokenizer = load_policy(cfg, adapter=adapter)
-        if task is None:
-            task = build_task(cfg, tokenizer)
+        model, tokenizer, task = load(cfg, model, tokenizer, task, adapter)
     sets = eval_sets if eval_sets is not None else [EvalSet(cfg.dataset, task.eval[: cfg.eval_questions])]
     with _timed(phases, rss, "warmup"):
         warm = sft_warmup(model, tokenizer, task, cfg) if warmup else []  # every process: the same weights
