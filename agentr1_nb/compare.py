@@ -3,8 +3,9 @@
 `compare(cfg, out_dir, ...)` runs the whole protocol; notebook 06 and `python -m agentr1_nb compare` call it:
 
     for each seed:     one supervised warm-up (`sft_warmup`), saved, shared by every variant of the seed
-    for each variant:  a `Config` override (`VARIANTS`): load the warm-up adapter, `train()` for cfg.steps,
-                       evaluate greedily on the held-out questions of each agent set (`evaluate_agent`)
+    for each variant:  a `Config` override (`VARIANTS`): the experiment pipeline the demo runs
+                       (`experiment.run_experiment`) from the warm-up adapter: `train()` for cfg.steps,
+                       evaluate greedily on the held-out questions of each agent set; report.json as the demo's
     baselines:         the base model, Naive RAG and Base Tool Call, zero-shot and 1-shot, on each baseline set
     rows:              EM per (method, dataset), the mean over seeds, with a seed-then-question bootstrap
                        interval (`hier_ci`); per variant, what its EM is made of (`kind_rows`: multi-hop
@@ -16,6 +17,9 @@ an interrupted run resumes, a finished run asked for with more steps trains on f
 long run can be split over processes: `variants=[...]`, `baselines=False` in each worker, then one full call
 that reads everything back and writes the table.
 Within a seed, the variants differ only in the RL: same warm-up weights, questions, retriever and prompt.
+A saved result that cannot be read or has the wrong shape is run again, with a warning naming the file.
+The paper's numbers, the variants and the table's statistics are in `compare_table` (their names are
+importable from here too).
 """
 
 from __future__ import annotations
