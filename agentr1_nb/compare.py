@@ -381,7 +381,7 @@ class CompareSpec:
         if self.fresh and self.saved_only:
             raise ValueError("fresh (redo every run) and saved_only (run nothing) contradict each other")
         agent, base = default_sets(cfg)
-        return cfg, replace(
+        spec = replace(
             self,
             seeds=list(self.seeds if self.seeds is not None else (FAST_SEEDS if fast else [0, 1, 2])),
             variants=names,
@@ -391,6 +391,23 @@ class CompareSpec:
             agent_sets=list(self.agent_sets if self.agent_sets is not None else agent),
             baseline_sets=list(self.baseline_sets if self.baseline_sets is not None else base),
         )
+        spec.check(cfg)
+        return cfg, spec
+
+    def check(self, cfg: Config) -> None:
+        """A filled-in spec that would count a run twice or evaluate nothing is an error naming the field."""
+        for name in ("seeds", "variants", "agent_sets", "baseline_sets"):
+            values = getattr(self, name)
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"compare: {name} lists {', '.join(twice)} more than once")
+        for name in ("eval_n", "sft_batch"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"compare: {name} must be an int, not {getattr(self, name)!r}")
+            if getattr(self, name) < 1:
+                raise ValueError(f"compare: {name} must be at least 1, not {getattr(self, name)}")
+        for seed in self.seeds:
+            cfg.replace(seed=seed)  # an error naming the seed field and value
 
 
 @dataclass

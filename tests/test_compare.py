@@ -211,9 +211,29 @@ def test_paper_and_variants_are_consistent():
     assert cmp.default_sets(get_config("colab_t4"))[0] == ["hotpotqa", "2wiki", "musique"]
 
 
-def test_compare_rejects_an_unknown_variant_before_loading_anything(tmp_path):
-    with pytest.raises(ValueError, match="unknown variant"):
-        cmp.compare(get_config("cpu_demo"), tmp_path, variants=["GRPO", "DPO"])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(variants=["GRPO", "DPO"]), "unknown variant"),
+        (dict(seeds=[0, 0]), "seeds lists 0 more than once"),
+        (dict(variants=["GRPO", "GRPO"]), "variants lists GRPO more than once"),
+        (dict(baseline_sets=["2wiki", "2wiki"]), "baseline_sets lists 2wiki"),
+        (dict(eval_n=0), "eval_n must be at least 1, not 0"),
+        (dict(eval_n=-3), "eval_n must be at least 1"),
+        (dict(eval_n=2.5), "eval_n must be an int"),
+        (dict(sft_batch=0), "sft_batch must be at least 1"),
+        (dict(seeds=[-1]), "seed=-1"),
+        (dict(fresh=True, saved_only=True), "contradict"),
+    ],
+)
+def test_compare_rejects_a_bad_spec_before_loading_anything(tmp_path, monkeypatch, options, match):
+    def no_loading(*a, **k):
+        raise AssertionError("compare loaded something before checking its spec")
+
+    monkeypatch.setattr(cmp, "load_policy", no_loading)
+    monkeypatch.setattr(cmp, "build_task", no_loading)
+    with pytest.raises(ValueError, match=match):
+        cmp.compare(get_config("cpu_demo"), tmp_path, **options)
     assert not (tmp_path / "results.json").exists()
 
 
