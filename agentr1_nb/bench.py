@@ -6,6 +6,8 @@
   `model.generate` and `naive_rollout`, the re-encode-every-turn loop of Search-R1-like code.
 - `bench_step`: where the time of one training step goes (rollout, old/ref log-probs, update), against the
   model's own decoding forward at the same batch (the framework-overhead ceiling), and the peak RSS.
+- `bench_trainers`: our trainer against TRL's GRPOTrainer, with and without our rollout (its parts:
+  `bench_trainers.py`).
 - `info`: versions, device, bf16 and bitsandbytes support, the CPU default model folder.
 - `token_logprobs_naive`: the reference the chunked log-probs are checked against.
 
@@ -29,6 +31,7 @@ import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from . import __version__
+from .bench_trainers import TRAINER_VARIANTS, run_worker, summarize_trainers
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
 from .env import STOP_STRINGS, build_task, parse_action
@@ -46,6 +49,7 @@ from .policy import (
 from .rollout import eos_ids, inference, rollout
 from .sft import sft_warmup
 from .train import train
+from .trl_backend import require_trl
 
 # ----------------------------------------------------------------------------- token log-probs
 
@@ -468,82 +472,6 @@ def bench_parser(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), repeat: int 
 
 # ----------------------------------------------------------------------------- trainers side by side
 
-TRAINER_VARIANTS = ("ours", "trl_native", "trl_rollout_func")
-"""`bench_trainers`' three ways to train: `train.train`; TRL's GRPOTrainer with its own tool loop
-(`trl_backend.native_trainer`); TRL's GRPOTrainer with our rollout func (`trl_backend.make_trainer`)."""
-
-
-def _trainer_worker(variant: str, cfg_json: str, run_dir: str) -> None:
-    """One trainer for `cfg.steps` steps in a fresh process; prints one JSON line (per-step seconds,
-    generated tokens and rewards, the process's peak resident memory and its resident size before training)."""
-    from transformers import TrainerCallback
-
-    cfg = Config(**json.loads(cfg_json))
-    set_seed(cfg.seed)
-    model, tok = load_policy(cfg)
-    task = build_task(cfg, tok)
-    sft_warmup(model, tok, task, cfg)  # the same seed in every worker: the same warmed-up weights
-    rss_before = rss_bytes()
-    rows = cfg.questions_per_step * cfg.group_size
-    result: dict = {"variant": variant}
-    cpu_s: list[float] = []  # CPU seconds of each step (all threads): robust to other load on the machine
-    if variant == "ours":
-        last = [time.process_time()]
-
-        def on_step(m: dict) -> None:
-            now = time.process_time()
-            cpu_s.append(now - last[0])
-            last[0] = now
-
-        hist = train(cfg, run_dir, resume=False, model=model, tokenizer=tok, task=task, callback=on_step)
-        result["step_s"] = [m["step_s"] for m in hist]
-        result["rollout_s"] = [m["rollout_s"] for m in hist]
-        result["gen_tokens"] = [m["tokens_per_s"] * m["rollout_s"] for m in hist]
-        result["reward"] = [m["reward"] for m in hist]
-    else:
-        from . import trl_backend
-
-        class StepTimer(TrainerCallback):
-            """Wall time of each optimiser step (rollout included: TRL generates inside the first
-            micro-batch of a step) and TRL's logged completion lengths and rewards."""
-
-            def __init__(self):
-                self.step_s, self.logs, self.t0, self.c0 = [], [], 0.0, 0.0
-
-            def on_step_begin(self, args, state, control, **kw):
-                self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-            def on_step_end(self, args, state, control, **kw):
-                self.step_s.append(time.perf_counter() - self.t0)
-                cpu_s.append(time.process_time() - self.c0)
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                if logs and "loss" in logs:
-                    self.logs.append(dict(logs))
-
-        timer = StepTimer()
-        if variant == "trl_native":
-            trainer = trl_backend.native_trainer(cfg, run_dir, model, tok, task, callbacks=[timer])
-        else:
-            history: list = []
-            trainer = trl_backend.make_trainer(
-                cfg, run_dir, model, tok, task, history=history, callbacks=[timer], write_metrics=False
-            )
-        trainer.train()
-        result["step_s"] = timer.step_s
-        # TRL's completion length counts the model's tokens only (tool_mask / env_mask 1)
-        result["gen_tokens"] = [lg.get("completions/mean_length", float("nan")) * rows for lg in timer.logs]
-        result["reward"] = [lg.get("reward", float("nan")) for lg in timer.logs]
-        if variant == "trl_rollout_func":
-            result["rollout_s"] = [m["rollout_s"] for m in history]
-        result["tool_calling_template"] = variant == "trl_native" and (
-            trl_backend.tool_calling_tokenizer(tok).chat_template != tok.chat_template
-        )
-    result["step_cpu_s"] = cpu_s
-    result["peak_mb"] = maxrss_bytes() / 2**20
-    result["rss_before_train_mb"] = rss_before / 2**20
-    print(json.dumps(result), flush=True)
-
 
 def bench_trainers(cfg: Config, steps: int = 2) -> dict:
     """The same tiny configuration trained three ways, each in a fresh process (`TRAINER_VARIANTS`): our
@@ -553,9 +481,9 @@ def bench_trainers(cfg: Config, steps: int = 2) -> dict:
     Same model, questions, group size, turn and token limits, learning rate and steps; one optimiser step per
     step (minibatch = questions_per_step x group_size). Each worker first runs the config's supervised
     warm-up (`sft_warmup_steps`, the same seed: the same weights in all three), so that the model writes
-    tool calls and episodes have several turns; `sft_warmup_steps=0` measures the untrained model. `*_step_s` is the mean wall time of a
-    step after the first (the first pays one-off costs; it is `*_first_step_s`), rollout and update
-    included; `*_peak_mb` the process's peak resident memory (model, libraries and training: TRL's import
+    tool calls and episodes have several turns; `sft_warmup_steps=0` measures the untrained model.
+    `*_step_s` is the mean wall time of a step after the first (the first pays one-off costs; it is
+    `*_first_step_s`), rollout and update included; `*_peak_mb` the process's peak resident memory (model, libraries and training: TRL's import
     is part of what a TRL user pays); `*_gen_tokens_per_step` the tokens the model generated per step, since
     the two tool loops stop turns differently (ours at </tool_call> or </answer>, TRL's at eos only).
     `*_step_cpu_s` is the CPU time of the same steps (all threads of the process), which other load on a
@@ -565,67 +493,10 @@ def bench_trainers(cfg: Config, steps: int = 2) -> dict:
     (SmolLM2's cannot), TRL's native run uses Qwen2.5's template on the same tokens
     (`native_tool_calling_template` is then True).
     """
-    from .trl_backend import require_trl
-
     require_trl()
     B = cfg.questions_per_step * cfg.group_size
     micro = cfg.micro_batch_size if B % cfg.micro_batch_size == 0 else B
-    cfg = cfg.replace(
-        steps=steps,
-        minibatch_size=B,
-        micro_batch_size=micro,
-        ppo_epochs=1,
-        save_every=10**6,
-    )
-    results = {}
+    cfg = cfg.replace(steps=steps, minibatch_size=B, micro_batch_size=micro, ppo_epochs=1, save_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in TRAINER_VARIANTS:
-            code = "from agentr1_nb.bench import _trainer_worker; import sys; _trainer_worker(*sys.argv[1:])"
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20), "TRL_EXPERIMENTAL_SILENCE": "1"}
-            run_dir = str(Path(tmp) / variant)
-            proc = subprocess.run(
-                [sys.executable, "-c", code, variant, cfg.to_json(), run_dir],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"variant"')]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"bench trainers: the {variant} run failed:\n{proc.stderr[-3000:]}")
-            results[variant] = json.loads(lines[-1])
-
-    def steady(xs: list) -> float:
-        xs = [float(x) for x in xs]
-        return sum(xs[1:]) / len(xs[1:]) if len(xs) > 1 else (xs[0] if xs else float("nan"))
-
-    out: dict = {}
-    for v in TRAINER_VARIANTS:
-        r = results[v]
-        out[f"{v}_step_s"] = round(steady(r["step_s"]), 3)
-    out["speed_ratio"] = round(out["trl_native_step_s"] / out["ours_step_s"], 3)
-    out["rollout_func_ratio"] = round(out["trl_rollout_func_step_s"] / out["ours_step_s"], 3)
-    cpu = {v: steady(results[v]["step_cpu_s"]) for v in TRAINER_VARIANTS}
-    out["cpu_speed_ratio"] = round(cpu["trl_native"] / cpu["ours"], 3)
-    for v in TRAINER_VARIANTS:
-        out[f"{v}_peak_mb"] = round(results[v]["peak_mb"], 1)
-    for v in TRAINER_VARIANTS:
-        r = results[v]
-        out[f"{v}_first_step_s"] = round(float(r["step_s"][0]), 3) if r["step_s"] else None
-        out[f"{v}_step_cpu_s"] = round(steady(r["step_cpu_s"]), 3)
-        out[f"{v}_gen_tokens_per_step"] = round(steady(r["gen_tokens"]), 1)
-        out[f"{v}_rss_before_train_mb"] = round(r["rss_before_train_mb"], 1)
-        if "rollout_s" in r:
-            out[f"{v}_rollout_s"] = round(steady(r["rollout_s"]), 3)
-        out[f"{v}_reward"] = [round(float(x), 4) for x in r["reward"]]
-    out["native_tool_calling_template"] = bool(results["trl_native"].get("tool_calling_template"))
-    out.update(
-        steps=steps,
-        model=cfg.model,
-        questions_per_step=cfg.questions_per_step,
-        group_size=cfg.group_size,
-        max_turns=cfg.max_turns,
-        max_tokens_per_turn=cfg.max_tokens_per_turn,
-        threads=torch.get_num_threads(),
-        trl=importlib.metadata.version("trl"),
-    )
-    return out
+        results = {v: run_worker(v, cfg, Path(tmp) / v) for v in TRAINER_VARIANTS}
+    return summarize_trainers(results, cfg)

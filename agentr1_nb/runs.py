@@ -12,8 +12,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,7 @@ from .baselines import naive_rag, tool_call
 from .common import (
     atomic_write_json,
     check_writable_dir,
-    maxrss_bytes,
-    mean,
-    peak_memory_mb,
     replace_dir,
-    set_seed,
 )
 from .config import METHODS, Config
 from .data import QAExample
@@ -36,17 +31,15 @@ from .evaluate import (
     check_coverage,
     evaluate_agent,
     load_eval_questions,
-    multihop_em,
     summarize,
 )
+from .experiment import run_experiment, train_ours
 from .policy import load_policy
 from .prompts import check_prompt_style
 from .retrieval import build_retriever
 from .rewards import score_trajectory
 from .rollout import rollout
-from .sft import sft_warmup
 from .tools import make_tools
-from .train import train
 from .viz import plot_demo
 
 POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_modules", "prompt_style")
@@ -54,85 +47,46 @@ POLICY_FIELDS = ("model", "load_in_4bit", "lora_r", "lora_alpha", "lora_target_m
 
 
 # ----------------------------------------------------------------------------- the main job
-@contextmanager
-def _timed(phases: dict[str, float], rss: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds the `with` block took as `phases[name]`, and the process's peak RSS (MiB) at its
-    end as `rss[name]`: the first phase whose value jumps is the one that set the peak."""
-    t = time.time()
-    yield
-    phases[name] = time.time() - t
-    rss[name] = round(maxrss_bytes() / 2**20, 1)
+
+DEMO_MARKER = "demo.json"
+"""Written into a demo's run folder before it trains: a later demo may start that folder over."""
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse a folder that holds another run's history: the demo starts over (as `--no-resume` would),
+    which is allowed only in a folder a demo made (its `DEMO_MARKER`, or the report of an earlier demo)."""
+    metrics = out / "metrics.jsonl"
+    history = [n for n in ("checkpoint", "checkpoint.old") if (out / n).exists()]
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        history.insert(0, "metrics.jsonl")
+    if not history or (out / DEMO_MARKER).is_file():
+        return
+    try:
+        earlier = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and "phase_minutes" in earlier and earlier.get("entry", "demo") == "demo":
+        return  # a finished demo of an earlier version
+    raise ValueError(
+        f"demo: {out} holds another run's history ({', '.join(history)}) and the demo starts over, which "
+        "would delete it; pass another --out (or resume that run with `train --out`)"
+    )
 
 
 def demo(cfg: Config, out_dir: str | Path = "runs/demo") -> dict:
     """The CPU main job: warm-up, GRPO on the generated world, evaluated on held-out questions before and
-    after RL.
+    after RL (`experiment.run_experiment`); returns the report's headline (`experiment.REPORT_KEYS`).
 
     `em_before` is measured on the policy RL starts from (after the optional warm-up), so the gain is RL's.
-    `reward_first` / `reward_last` are the mean training reward over the first / last five steps.
+    `reward_first` / `reward_last` are the mean training reward over the first / last five steps. The run
+    starts over in `out_dir`; a folder holding another run's history (a `train` run) is refused.
     """
-    t0 = time.time()
     out = check_writable_dir(out_dir, "demo folder")
-    set_seed(cfg.seed)
-    phases: dict[str, float] = {}  # seconds per phase, in order
-    rss: dict[str, float] = {}  # peak RSS (MiB) at the end of each phase
-    print("loading the policy and building the task...", file=sys.stderr, flush=True)
-    with _timed(phases, rss, "load"):
-        model, tok = load_policy(cfg)
-        task = build_task(cfg, tok)
-    eval_ex = task.eval[: cfg.eval_questions]
-    with _timed(phases, rss, "warmup"):
-        warm = sft_warmup(model, tok, task, cfg)
-    with _timed(phases, rss, "eval_before"):
-        before, before_records = evaluate_agent(
-            model, tok, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
-        )
-    with _timed(phases, rss, "train"):
-        history = train(cfg, out, resume=False, model=model, tokenizer=tok, task=task)
-    with _timed(phases, rss, "eval_after"):
-        after, after_records = evaluate_agent(
-            model, tok, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
-        )
-    rewards = [m["reward"] for m in history]
-    mh_before, mh_before_ci, mh_n = multihop_em(before_records, seed=cfg.seed)
-    mh_after, mh_after_ci, _ = multihop_em(after_records, seed=cfg.seed)
-    report = {
-        "em_before": before["em"],
-        "em_before_ci95": before["em_ci95"],
-        "em_after": after["em"],
-        "em_after_ci95": after["em_ci95"],
-        "em_by_kind_before": before["em_by_kind"],
-        "em_by_kind_after": after["em_by_kind"],
-        "multihop_em_before": mh_before,
-        "multihop_em_before_ci95": mh_before_ci,
-        "multihop_em_after": mh_after,
-        "multihop_em_after_ci95": mh_after_ci,
-        "multihop_n": mh_n,
-        "mean_searches_before": before["mean_searches"],
-        "mean_searches_after": after["mean_searches"],
-        "reward_first": mean(rewards[:5]),
-        "reward_last": mean(rewards[-5:]),
-        "steps": len(history),
-        "seconds_per_step": mean([m["step_s"] for m in history]),
-        "peak_rss_mb": round(maxrss_bytes() / 2**20, 1),
-        "minutes": round((time.time() - t0) / 60, 2),
-        "phase_minutes": {k: round(v / 60, 2) for k, v in phases.items()},
-        "phase_peak_rss_mb": rss,
-        "seed": cfg.seed,
-        "use_process_reward": cfg.use_process_reward,
-    }
-    full = dict(
-        report,
-        before=before,
-        after=after,
-        sft_warmup_losses=warm,
-        peak_mem_mb=peak_memory_mb(),
-        interrupted=history.interrupted,
-        config=cfg.to_dict(),
-    )
-    atomic_write_json(out / "report.json", full)
-    plot_demo(history, before, after, out / "demo.png")
-    return report
+    check_demo_folder(out)
+    atomic_write_json(out / DEMO_MARKER, {"entry": "demo", "config": cfg.to_dict()})
+    run = run_experiment(cfg, out, train_ours, entry="demo", resume=False)
+    plot_demo(run.history, run.full["before"], run.full["after"], out / "demo.png")
+    return run.report
 
 
 # ----------------------------------------------------------------------------- the shipped adapter
@@ -232,29 +186,42 @@ def resolve_adapter(adapter: str | Path) -> Path:
 
 def training_config(adapter_dir: Path) -> dict | None:
     """The config.json of the training run an adapter comes from (train writes OUT/config.json and
-    OUT/checkpoint/adapter), looked up in the adapter folder and its two parents; None when absent."""
+    OUT/checkpoint/adapter), looked up in the adapter folder and its two parents; None when absent. A
+    config.json there that is not readable JSON is an error naming it (a damaged run record would
+    otherwise evaluate the adapter under the wrong prompt); one that is not a `Config` (a model's
+    config.json) is passed over."""
+    return _training_config_file(adapter_dir)[1]
+
+
+def _training_config_file(adapter_dir: Path) -> tuple[Path | None, dict | None]:
     for folder in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
         path = folder / "config.json"
-        if path.is_file():
-            try:
-                cfg = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(cfg, dict) and "prompt_style" in cfg:  # a Config, not a model's config.json
-                return cfg
-    return None
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"the adapter's run config {path} is not readable JSON: {e}") from e
+        if isinstance(cfg, dict) and "prompt_style" in cfg:  # a Config, not a model's config.json
+            return path, cfg
+    return None, None
 
 
 def agent_config(cfg: Config, adapter_dir: Path) -> Config:
     """`cfg` with the policy fields (`POLICY_FIELDS`) of the run that trained the adapter, when known: the
-    adapter only fits its base model, and the agent is evaluated with the prompt it was trained with."""
-    trained = training_config(adapter_dir)
+    adapter only fits its base model, and the agent is evaluated with the prompt it was trained with. A bad
+    value there is an error naming that config.json."""
+    path, trained = _training_config_file(adapter_dir)
     if trained is None:
         return cfg
     changes = {k: trained[k] for k in POLICY_FIELDS if k in trained and trained[k] != getattr(cfg, k)}
+    try:
+        agent_cfg = cfg.replace(**changes)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the adapter's run config {path} has a bad value: {e}") from e
     if changes:
         print(f"eval: using the training run's {changes} for the adapter {adapter_dir}", file=sys.stderr)
-    return cfg.replace(**changes)
+    return agent_cfg
 
 
 ASK_DEFAULT = "81"
@@ -317,6 +284,36 @@ def ask(cfg: Config, question: str = ASK_DEFAULT, adapter: str | Path | None = "
     }
 
 
+def method_config(
+    cfg: Config, method: str, adapter: str | Path | None, prompt_style: str | None
+) -> tuple[Config, Path | None]:
+    """(the config `method` is evaluated under, the adapter folder or None), checked before minutes of
+    loading: a baseline's `prompt_style`, an agent's adapter and the policy fields of its training run."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if prompt_style is not None:
+        check_prompt_style(prompt_style)
+    if method == "agent" and prompt_style is not None:
+        raise ValueError(
+            "--prompt-style applies to the baselines; an agent uses the prompt its adapter was trained with"
+        )
+    if method == "naive_rag" and prompt_style is not None:
+        cfg = cfg.replace(prompt_style=prompt_style)
+    if method == "agent":
+        if not adapter:
+            raise ValueError(
+                "--method agent needs --adapter DIR (a trained LoRA adapter, e.g. a train --out folder); "
+                "for the untrained policy use --method tool_call"
+            )
+        adapter_dir = resolve_adapter(adapter)
+        return agent_config(cfg, adapter_dir), adapter_dir
+    if adapter:
+        warnings.warn(
+            f"--adapter is ignored by --method {method} (it evaluates the base model)", stacklevel=3
+        )
+    return cfg, None
+
+
 def run_eval(
     cfg: Config,
     method: str,
@@ -337,30 +334,7 @@ def run_eval(
     when no question names its supporting passages).
     """
     t0 = time.time()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if prompt_style is not None:
-        check_prompt_style(prompt_style)  # before minutes of loading
-    adapter_dir = None
-    if method == "agent" and prompt_style is not None:
-        raise ValueError(
-            "--prompt-style applies to the baselines; an agent uses the prompt its adapter was trained with"
-        )
-    if method == "naive_rag" and prompt_style is not None:
-        cfg = cfg.replace(prompt_style=prompt_style)
-    if method == "agent":
-        if not adapter:
-            raise ValueError(
-                "--method agent needs --adapter DIR (a trained LoRA adapter, e.g. a train --out folder); "
-                "for the untrained policy use --method tool_call"
-            )
-        adapter_dir = resolve_adapter(adapter)
-        cfg = agent_config(cfg, adapter_dir)
-    elif adapter:
-        warnings.warn(
-            f"--adapter is ignored by --method {method} (it evaluates the base model)", stacklevel=2
-        )
-
+    cfg, adapter_dir = method_config(cfg, method, adapter, prompt_style)
     out = check_writable_dir(out_dir or "runs/eval", "--out folder")  # before the work, not after
     examples, passages = load_eval_questions(cfg, limit)
     coverage = check_coverage(examples, passages)
@@ -383,7 +357,6 @@ def run_eval(
     result = {
         k: None if isinstance(result[k], float) and math.isnan(result[k]) else result[k] for k in SUMMARY_KEYS
     }
-    used_style = (prompt_style or "zero_shot") if method == "tool_call" else cfg.prompt_style
     stem = f"{cfg.dataset}_{method}" + ("_few_shot" if prompt_style == "few_shot" else "")
     with open(out / f"{stem}.jsonl", "w") as f:
         for r in records:
@@ -395,7 +368,7 @@ def run_eval(
         "recall_all": full["recall_all"],
         "stop_reasons": stops,
         "coverage": coverage,
-        "prompt_style": used_style,
+        "prompt_style": (prompt_style or "zero_shot") if method == "tool_call" else cfg.prompt_style,
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "data_path": cfg.data_path,
         "corpus_path": cfg.corpus_path,

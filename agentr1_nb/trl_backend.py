@@ -11,7 +11,7 @@ The pieces TRL takes (TRL >= 1.16)::
                                                             #    logprobs, env_mask (+ fields for the rewards)
     rewards      = reward_funcs(cfg)                         # one scalar per rollout: eq. 6 + process rewards
     args         = grpo_config(cfg, out_dir)                 # our Config mapped onto trl.GRPOConfig
-    train_trl(cfg, out_dir)                                  # all of it, with warm-up, evaluation, metrics.jsonl
+    train_trl(cfg, out_dir)                                  # all of it: experiment.run_experiment with TRL
 
 How one TRL step maps onto ours:
 - TRL hands each process its slice of the generation batch: every question repeated `num_generations`
@@ -35,41 +35,42 @@ Departures from our trainer (`train.py`) under `--backend trl`:
   TRL's training forward gets no position ids, so a left-padded prompt is scored with shifted positions.
 - No mid-run checkpoints or resume: the adapter is saved at the end (`OUT/adapter`).
 
-vLLM (GPU only; unmeasured: no GPU with vLLM was available when this was written). When the trainer runs
-vLLM (`use_vllm=True`, colocate or server mode), the rollout generates turn by turn through `VLLMEngine`,
-token ids in and out (`engine_rollout`): each turn sends every running episode's full token history, keeps
-the sampled ids and vLLM's log-probs of them, cuts the turn at our stop strings, and appends the env's
-observation ids, so the token-exactness of the rollout holds there too. The id bookkeeping is tested on the
-CPU with a fake engine; the vLLM calls themselves have not been run.
+vLLM (GPU only; unmeasured): when the trainer runs vLLM (`use_vllm=True`, colocate or server mode), the
+rollout generates turn by turn through `vllm_engine.VLLMEngine`, token ids in and out
+(`vllm_engine.engine_rollout`), so the token-exactness of the rollout holds there too.
+
+TRL's own multi-turn tool loop (`GRPOTrainer(tools=...)`), the baseline `bench trainers` measures ours
+against, lives with that benchmark (`bench_trainers.native_trainer`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .common import atomic_write_json, check_writable_dir, mean, peak_memory_mb, set_seed
+from .common import atomic_write_json, check_writable_dir, mean, peak_memory_mb
 from .config import Config
-from .env import STOP_STRINGS, Task, answer_well_formed, build_prompt_messages, build_task, parse_action
-from .evaluate import evaluate_agent
-from .policy import compute_dtype, load_policy
+from .env import Task, build_prompt_messages
+from .experiment import Trainer, run_experiment
+from .policy import compute_dtype
 from .rewards import outcome_reward, score_trajectory, trajectory_scores
-from .rollout import Row, StopChecker, Trajectory, eos_ids, episode_stats, rollout, start_rows, step_envs
-from .sft import sft_warmup
+from .rollout import Trajectory, episode_stats, rollout
 from .train import TrainHistory
+from .vllm_engine import Engine, VLLMEngine, engine_rollout
 
 TRL_MIN_VERSION = (1, 16)
 INSTALL_HINT = 'pip install "agentr1_nb[trl]"'
@@ -140,6 +141,14 @@ def example_index(task: Task) -> dict[tuple, Any]:
 # ----------------------------------------------------------------------------- trajectories -> TRL
 
 
+TRL_FIELDS = (
+    *("prompt_ids", "completion_ids", "logprobs", "env_mask"),  # TRL's
+    *("answer", "answer_ok", "tool_ok", "answers", "process_rewards"),  # the reward function's
+    *("example_id", "num_turns", "num_searches", "stop_reason"),  # for inspection
+)
+"""The keys of the rollout func's output (`trl_fields`)."""
+
+
 def trl_fields(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, list]:
     """The rollout func's output for trajectories (one row each, in order).
 
@@ -149,24 +158,7 @@ def trl_fields(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, list]:
     inspection. An episode with no room to generate (prompt at `max_total_tokens`) gets one pad token with
     env_mask 0: TRL needs a non-empty completion, and this one stays out of the loss.
     """
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "prompt_ids",
-            "completion_ids",
-            "logprobs",
-            "env_mask",
-            "answer",
-            "answer_ok",
-            "tool_ok",
-            "answers",
-            "process_rewards",
-            "example_id",
-            "num_turns",
-            "num_searches",
-            "stop_reason",
-        )
-    }
+    out: dict[str, list] = {k: [] for k in TRL_FIELDS}
     for t in trajs:
         p = t.prompt_len
         comp, mask, lps = list(t.token_ids[p:]), list(t.action_mask[p:]), list(t.logprobs[p:])
@@ -313,180 +305,6 @@ def make_rollout_func(
     return rollout_func
 
 
-# ----------------------------------------------------------------------------- turn-by-turn engines (vLLM)
-
-
-class Engine(Protocol):
-    """A generation engine that takes and returns token ids.
-
-    `generate(prompt_ids, max_tokens, stop)` samples one continuation per history (`prompt_ids[i]`, the
-    episode's whole token history) of at most `max_tokens[i]` tokens, and may stop early at eos or at one of
-    the `stop` strings; it returns the sampled ids and the log-prob of each under the sampling distribution.
-    Engines that gather across processes (vLLM server mode) need every process to call `generate` the same
-    number of times, so `engine_rollout` calls it once per turn up to `max_turns`, even with no histories.
-    """
-
-    def generate(
-        self, prompt_ids: list[list[int]], max_tokens: list[int], stop: Sequence[str]
-    ) -> tuple[list[list[int]], list[list[float]]]: ...
-
-
-class _Rows:
-    """The two members of `kvcache.KVBatch` that `rollout.step_envs` uses, without a cache."""
-
-    def __init__(self, rows: list[Row]):
-        self.rows = rows
-
-    def select(self, idx: list[int]) -> _Rows:
-        return _Rows([self.rows[i] for i in idx])
-
-
-def engine_rollout(
-    engine: Engine, tokenizer, examples: list, make_env: Callable[[], Any], cfg: Config, group_size: int = 1
-) -> list[Trajectory]:
-    """Multi-turn rollout through a token-id engine (vLLM): the same episodes, rules and `Trajectory` as
-    `rollout.rollout`, one engine call per turn.
-
-    Per turn, every running episode sends its whole token history; of what comes back, the prefix up to our
-    stop (a stop string in this turn's tokens, eos, the per-turn or total token limit) is appended as
-    sampled (action mask 1, the engine's log-probs); tokens after it are dropped, which keeps the kept ones
-    exactly sampled since each was drawn given only the tokens before it. Then the env steps on the turn's
-    ids (`rollout.step_envs`, shared with `rollout.rollout`) and its observation ids are appended (mask 0).
-    Nothing is decoded and re-encoded.
-    """
-    rows = start_rows(examples, make_env, cfg, group_size)
-    stop = StopChecker(tokenizer, eos_ids(tokenizer))
-    for turn in range(cfg.max_turns):  # every turn calls the engine, even with no histories (see `Engine`)
-        live = [r for r in rows if not r.traj.stop_reason]
-        budgets = [min(cfg.max_tokens_per_turn, cfg.max_total_tokens - len(r.traj.token_ids)) for r in live]
-        new_ids, new_lps = engine.generate([list(r.traj.token_ids) for r in live], budgets, STOP_STRINGS)
-        if len(new_ids) != len(live) or len(new_lps) != len(live):
-            raise RuntimeError(f"the engine returned {len(new_ids)} continuations for {len(live)} histories")
-        going = []
-        for r, ids, lps, budget in zip(live, new_ids, new_lps, budgets):
-            r.turn_start, r.turn_stop = len(r.traj.token_ids), None
-            ids, lps = [int(i) for i in ids][:budget], [float(x) for x in lps][:budget]
-            if len(lps) < len(ids):
-                raise RuntimeError("the engine returned fewer log-probs than tokens")
-            kept = 0
-            for k in range(1, len(ids) + 1):  # the same stop order as rollout._sample_turn
-                kept = k
-                r.turn_stop = stop(ids[:k])
-                if r.turn_stop is None and k >= cfg.max_tokens_per_turn:
-                    r.turn_stop = "max_tokens_per_turn"
-                if r.turn_stop is None and r.turn_start + k >= cfg.max_total_tokens:
-                    r.turn_stop = "max_total_tokens"
-                if r.turn_stop is not None:
-                    break
-            if kept == 0:  # nothing sampled (an engine that returned no token): the episode cannot go on
-                r.finish("empty")
-                continue
-            r.append(ids[:kept], sampled=True, logprobs=lps[:kept])
-            r.n_fed = len(r.traj.token_ids)
-            if r.turn_stop is None:
-                r.turn_stop = "engine_stop"  # the engine ended the turn on a rule of its own
-            going.append(r)
-        step_envs(_Rows(going), tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
-    return [r.traj for r in rows]
-
-
-def _vllm_logprob(entry, token: int) -> float:
-    """The log-prob of `token` in one position of vLLM's output (a {token_id: Logprob} dict, or a float)."""
-    if isinstance(entry, dict):
-        lp = entry.get(token)
-        return float(getattr(lp, "logprob", lp)) if lp is not None else float("nan")
-    return float(entry)
-
-
-class VLLMEngine:
-    """`Engine` on the trainer's vLLM (TRL's `trainer.vllm_generation`), colocate or server mode.
-
-    Unmeasured: written against vLLM's and TRL 1.16's documented calls, never run (no GPU with vLLM was
-    available). Colocate: `LLM.generate` with one `SamplingParams` per history (its own token budget, our
-    stop strings kept in the output, `logprobs=0` = the sampled token's log-prob; TRL starts vLLM with
-    `logprobs_mode="processed_logprobs"`, i.e. after the temperature). Server mode: every process's
-    histories are gathered to the main process, sent to `trl vllm-serve` in one request, and the results
-    scattered back (a collective, so `collective` is True). Tensor parallelism and sleep mode in colocate mode
-    are not supported here.
-    """
-
-    def __init__(self, trainer, cfg: Config, greedy: bool = False):
-        self.trainer, self.cfg = trainer, cfg
-        self.vg = trainer.vllm_generation
-        self.mode = getattr(trainer, "vllm_mode", "colocate")
-        self.temperature = 0.0 if greedy else float(cfg.temperature)
-        self.collective = self.mode == "server"
-        if self.mode == "colocate" and (
-            getattr(self.vg, "tensor_parallel_size", 1) > 1 or getattr(self.vg, "enable_sleep_mode", False)
-        ):
-            raise NotImplementedError(
-                "the turn-by-turn vLLM engine supports colocate mode without tensor parallelism or sleep mode"
-            )
-
-    def generate(self, prompt_ids, max_tokens, stop):
-        return (
-            self._server(prompt_ids, max_tokens, stop)
-            if self.collective
-            else self._colocate(prompt_ids, max_tokens, stop)
-        )
-
-    def _colocate(self, prompt_ids, max_tokens, stop):
-        if not prompt_ids:
-            return [], []
-        from vllm import SamplingParams
-
-        params = [
-            SamplingParams(
-                n=1,
-                temperature=self.temperature,
-                top_p=self.cfg.top_p,
-                max_tokens=int(m),
-                logprobs=0,
-                stop=list(stop),
-                include_stop_str_in_output=True,
-            )
-            for m in max_tokens
-        ]
-        prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        outs = self.vg.llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        ids = [list(o.outputs[0].token_ids) for o in outs]
-        lps = [
-            [_vllm_logprob(e, t) for e, t in zip(o.outputs[0].logprobs or [], toks)]
-            for o, toks in zip(outs, ids)
-        ]
-        return ids, lps
-
-    def _server(self, prompt_ids, max_tokens, stop):
-        from accelerate.utils import broadcast_object_list, gather_object
-
-        acc = self.trainer.accelerator
-        counts = gather_object([len(prompt_ids)])
-        all_prompts = gather_object([list(p) for p in prompt_ids])
-        all_max = gather_object([int(m) for m in max_tokens])
-        payload = None
-        if acc.is_main_process and all_prompts:
-            out = self.vg.vllm_client.generate(
-                prompts=all_prompts,
-                n=1,
-                temperature=self.temperature,
-                top_p=self.cfg.top_p,
-                max_tokens=max(all_max),
-                logprobs=0,
-                generation_kwargs={"stop": list(stop), "include_stop_str_in_output": True},
-            )
-            lps = [[lp[0] if isinstance(lp, list) else lp for lp in seq] for seq in out["logprobs"]]
-            payload = (out["completion_ids"], lps)
-        box = [payload]
-        broadcast_object_list(box, from_process=0)
-        if box[0] is None:
-            return [], []
-        all_ids, all_lps = box[0]
-        start = sum(counts[: acc.process_index])
-        end = start + len(prompt_ids)
-        ids = [list(x)[:m] for x, m in zip(all_ids[start:end], all_max[start:end])]
-        return ids, [list(x)[: len(i)] for x, i in zip(all_lps[start:end], ids)]
-
-
 # ----------------------------------------------------------------------------- configuration
 
 LOSS_TYPES = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum": "dr_grpo"}
@@ -558,11 +376,29 @@ def check_supported(cfg: Config) -> None:
         raise ValueError("the mask ablations (advantage_mask / loss_mask = false) exist in our trainer only")
 
 
+TRACKER_DIR = "tensorboard"
+"""The run folder's subfolder that TensorBoard event files go to (`tensorboard --logdir OUT/tensorboard`)."""
+
+
+def report_to(log_with: str) -> list[str]:
+    """`Config.log_with` as `GRPOConfig.report_to`: "auto" is TensorBoard when `tensorboard` is importable,
+    else nothing; "none" nothing; "tensorboard" / "wandb" that tracker, an error naming the package when it
+    is not installed (before minutes of loading, not at the first log)."""
+    if log_with == "none":
+        return []
+    if log_with == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    if importlib.util.find_spec(log_with) is None:
+        raise ValueError(f"log_with={log_with!r} needs the {log_with} package: pip install {log_with}")
+    return [log_with]
+
+
 def grpo_config(cfg: Config, out_dir: str | Path, world: int | None = None, **overrides):
     """`trl.GRPOConfig` for `cfg`: learning rate and warm-up (constant after it, as ours), group_size ->
     num_generations, steps -> max_steps (see `trl_batch_sizes`), temperature / top_p (no top-k), clip_eps ->
     epsilon, kl_coef -> beta, loss_agg -> loss_type, norm_adv_by_std -> scale_rewards, entropy_coef, batch
-    sizes, seed; on the CPU `use_cpu` without bf16 / fp16, on a GPU the policy's compute dtype; no reports, a
+    sizes, seed, log_with -> report_to (`report_to`; `make_trainer` puts TensorBoard's files in
+    `out_dir/tensorboard`); on the CPU `use_cpu` without bf16 / fp16, on a GPU the policy's compute dtype; a
     log line every step, no checkpoints. TRL's output goes to `out_dir/trl`. `overrides` are GRPOConfig
     fields (e.g. `use_vllm=True, vllm_mode="server"`) and win over the mapping.
     """
@@ -599,21 +435,18 @@ def grpo_config(cfg: Config, out_dir: str | Path, world: int | None = None, **ov
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
-        report_to="none",
+        report_to=report_to(cfg.log_with),
         logging_steps=1,
         save_strategy="no",
         log_completions=False,
         **sizes,
     )
-    import dataclasses
-
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GRPOConfig)})
     if unknown:
         raise ValueError(f"unknown trl.GRPOConfig field(s) {unknown}")
     kw.update(overrides)
-    with (
-        warnings.catch_warnings()
-    ):  # transformers 5.24 renames it activation_checkpointing; older ones lack that
+    # transformers 5.24 renames gradient_checkpointing activation_checkpointing; older ones lack that
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
         return GRPOConfig(**kw)
 
@@ -724,7 +557,7 @@ def make_trainer(
     log = RolloutLog()
     history = [] if history is None else history
     cb = metrics_callback(log, out if write_metrics else None, sizes["updates_per_step"], history, callback)
-    with _quiet_experimental():
+    with quiet_experimental():
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward_funcs(cfg),
@@ -735,11 +568,20 @@ def make_trainer(
             callbacks=[cb, *callbacks],
         )
     trainer.rollout_log = log
-    _quiet_progress(trainer)
+    quiet_progress(trainer)
+    place_tracker_logs(trainer, out)
     return trainer
 
 
-def _quiet_progress(trainer) -> None:
+def place_tracker_logs(trainer, out: Path) -> None:
+    """TensorBoard's event files go to `out/TRACKER_DIR` (transformers' default is a dated folder under
+    TRL's output_dir)."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback":
+            cb.logging_dir = str(out / TRACKER_DIR)
+
+
+def quiet_progress(trainer) -> None:
     """Drop the Trainer's progress bar and its printing of every log dict (to stdout, which `--json` keeps
     for one line); our metrics callback shows a bar of our steps instead."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -749,7 +591,7 @@ def _quiet_progress(trainer) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_experimental():
+def quiet_experimental():
     """TRL warns that rollout_func / environment_factory are experimental on every construction: once is
     said in our docs."""
     old = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
@@ -761,90 +603,6 @@ def _quiet_experimental():
             os.environ.pop("TRL_EXPERIMENTAL_SILENCE", None)
         else:
             os.environ["TRL_EXPERIMENTAL_SILENCE"] = old
-
-
-def tool_calling_tokenizer(tokenizer):
-    """A copy of `tokenizer` whose chat template can drive TRL's tool loop.
-
-    TRL's loop needs a template that renders `tools=`, assistant `tool_calls` and tool turns, and a response
-    parser it knows. SmolLM2's ChatML template renders no tools, so it gets Qwen2.5's template (TRL ships it;
-    same <|im_start|> / <|im_end|> tokens, Qwen's <tool_call> JSON format, the format our env parses).
-    Tokenizers whose template already supports tool calling are copied unchanged.
-    """
-    import copy
-
-    from trl.chat_template_utils import qwen2_5_chat_template, supports_tool_calling
-
-    tok = copy.deepcopy(tokenizer)
-    if not supports_tool_calling(tok):
-        tok.chat_template = qwen2_5_chat_template
-    return tok
-
-
-def native_trainer(
-    cfg: Config, out_dir: str | Path, model, tokenizer, task: Task, callbacks: Sequence = (), **trl_args
-):
-    """What a TRL user would write instead of our rollout: `GRPOTrainer(tools=[search])`, TRL's own
-    multi-turn tool loop with Hugging Face generation, on the same questions, retriever and limits (the
-    baseline of `bench trainers`).
-
-    Same model, questions, group size, temperature, batch shape and steps; turn limits mapped as closely as
-    TRL allows: `max_tool_calling_iterations` = max_turns - 1, `max_new_tokens` per generation =
-    max_tokens_per_turn, `max_completion_length` = max_total_tokens. TRL's loop stops a turn at eos only (not
-    at </tool_call>), parses tool calls with its response parser, and renders tool results with the chat
-    template (`tool_calling_tokenizer`). The reward is eq. 6 from the final assistant message; the
-    tool-syntax half of the format score is taken as 1 (TRL's parser does not report malformed calls per
-    rollout), and there are no process rewards.
-    """
-    require_trl()
-    from trl import GRPOTrainer
-
-    tok = tool_calling_tokenizer(tokenizer)
-    search_tool = next(t for t in task.tools if t.name == "search")
-
-    def search(query: str) -> str:
-        """Search an encyclopedia for passages.
-
-        Args:
-            query: Search query.
-
-        Returns:
-            The top passages, one per line.
-        """
-        return search_tool.execute({"query": query}).content
-
-    def native_reward(completions, answers, **_) -> list[float]:
-        out = []
-        for messages, gold in zip(completions, answers):
-            text = next(
-                (m.get("content") or "" for m in reversed(messages) if m.get("role") == "assistant"), ""
-            )
-            parsed = parse_action(text if isinstance(text, str) else "")
-            ok = parsed.kind == "answer" and answer_well_formed(parsed.answer, parsed.answer_closed)
-            out.append(outcome_reward(parsed.answer, gold, ok, True, cfg))
-        return out
-
-    args = grpo_config(
-        cfg,
-        out_dir,
-        **{
-            "max_tool_calling_iterations": cfg.max_turns - 1,
-            "generation_kwargs": {"max_new_tokens": cfg.max_tokens_per_turn},
-            **trl_args,
-        },
-    )
-    with _quiet_experimental():
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[native_reward],
-            args=args,
-            train_dataset=build_dataset(task, tokenizer=tok),
-            processing_class=tok,
-            tools=[search],
-            callbacks=list(callbacks),
-        )
-    _quiet_progress(trainer)
-    return trainer
 
 
 # ----------------------------------------------------------------------------- the run
@@ -862,6 +620,29 @@ def _prepare_out(out: Path, cfg: Config, resume: bool, write: bool) -> None:
         atomic_write_json(out / "config.json", cfg.to_dict())
 
 
+def trl_trainer(state, **trl_args) -> Trainer:
+    """The pipeline's training phase under TRL (an `experiment.Trainer`): `make_trainer`, `train()`, and the
+    LoRA adapter saved to `out/adapter` by the main process of `state` (accelerate's `PartialState`), also
+    after Ctrl-C (the history's `.interrupted` says so). `trl_args` override GRPOConfig fields."""
+
+    def run(cfg: Config, out: Path, model, tokenizer, task: Task, resume: bool, callback=None) -> TrlHistory:
+        history = TrlHistory()
+        trainer = make_trainer(
+            cfg, out, model, tokenizer, task, history=history, callback=callback, **trl_args
+        )
+        try:
+            trainer.train()
+        except KeyboardInterrupt:
+            history.interrupted = True
+            print(f"interrupted after {len(history)} steps; the adapter is saved in {out / 'adapter'}")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            model.save_pretrained(out / "adapter")
+        return history
+
+    return run
+
+
 def train_trl(
     cfg: Config,
     out_dir: str | Path,
@@ -874,19 +655,19 @@ def train_trl(
     callback: Callable[[dict], None] | None = None,
     **trl_args,
 ) -> TrlHistory:
-    """Train the LoRA policy with TRL's GRPOTrainer and our rollout; the TRL counterpart of `runs.demo`.
+    """Train the LoRA policy with TRL's GRPOTrainer and our rollout: `runs.demo`'s pipeline, with TRL.
 
     Loads the policy with `policy.load_policy` (QLoRA when `load_in_4bit`) unless given, runs the supervised
     warm-up (`cfg.sft_warmup_steps`, as the demo does; `warmup=False` skips it), evaluates on
     `cfg.eval_questions` held-out questions before and after (`evaluate.evaluate_agent`, main process only;
     `evaluate=False` skips it), trains `cfg.steps` steps, and writes into `out_dir`: config.json,
     metrics.jsonl (one row per step, our trainer's keys where they exist), eval_before/after.jsonl,
-    report.json and the LoRA adapter (`adapter/`, which `eval --method agent --adapter OUT` reads).
-    Runs under `accelerate launch` / `torchrun` as our trainer does (each process rolls out its share).
-    `trl_args` override GRPOConfig fields (e.g. use_vllm=True). Returns the metrics rows (`.report` holds the
-    report, `.interrupted` whether Ctrl-C ended the run; the adapter is saved then too).
+    report.json (the demo's keys, `experiment.REPORT_KEYS`, with `backend` "trl") and the LoRA adapter
+    (`adapter/`, which `eval --method agent --adapter OUT` reads). Runs under `accelerate launch` /
+    `torchrun` as our trainer does (each process rolls out its share). `trl_args` override GRPOConfig fields
+    (e.g. use_vllm=True). Returns the metrics rows (`.report` holds the report's headline, `.interrupted`
+    whether Ctrl-C ended the run; the adapter is saved then too).
     """
-    t0 = time.time()
     require_trl()
     check_supported(cfg)
     from accelerate import PartialState
@@ -894,66 +675,26 @@ def train_trl(
     out = check_writable_dir(out_dir, "run folder")
     trl_batch_sizes(cfg, world_size())  # a bad batch shape fails before anything loads
     state = PartialState(cpu=not torch.cuda.is_available())
-    main = state.is_main_process
-    _prepare_out(out, cfg, resume, write=main)
+    _prepare_out(out, cfg, resume, write=state.is_main_process)
     if state.device.type == "cuda":
         torch.cuda.set_device(state.device)
-    set_seed(cfg.seed)
-    if model is None:
-        print("loading the policy and building the task...", file=sys.stderr, flush=True)
-        model, tokenizer = load_policy(cfg)
-    if task is None:
-        task = build_task(cfg, tokenizer)
-    warm = sft_warmup(model, tokenizer, task, cfg) if warmup else []  # every process: same seed, same weights
-    eval_ex = task.eval[: cfg.eval_questions]
-    before = after = None
-    if evaluate and main:
-        before, _ = evaluate_agent(
-            model, tokenizer, eval_ex, task.make_env, cfg, out / "eval_before.jsonl", desc="eval before RL"
-        )
-    state.wait_for_everyone()
-
-    history = TrlHistory()
-    trainer = make_trainer(cfg, out, model, tokenizer, task, history=history, callback=callback, **trl_args)
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        history.interrupted = True
-        print(f"interrupted after {len(history)} steps; the adapter is saved in {out / 'adapter'}")
-    state.wait_for_everyone()
-    if main:
-        model.save_pretrained(out / "adapter")
-        if evaluate:
-            after, _ = evaluate_agent(
-                model, tokenizer, eval_ex, task.make_env, cfg, out / "eval_after.jsonl", desc="eval after RL"
-            )
-        rewards = [m["reward"] for m in history]
-        report = {
-            "backend": "trl",
-            "trl_version": importlib.metadata.version("trl"),
-            "em_before": None if before is None else before["em"],
-            "em_before_ci95": None if before is None else before["em_ci95"],
-            "em_after": None if after is None else after["em"],
-            "em_after_ci95": None if after is None else after["em_ci95"],
-            "reward_first": mean(rewards[:5]),
-            "reward_last": mean(rewards[-5:]),
-            "steps": len(history),
-            "minutes": round((time.time() - t0) / 60, 2),
-            "seed": cfg.seed,
-        }
-        history.report = report
-        atomic_write_json(
-            out / "report.json",
-            dict(
-                report,
-                before=before,
-                after=after,
-                sft_warmup_losses=warm,
-                peak_mem_mb=peak_memory_mb(),
-                interrupted=history.interrupted,
-                world_size=state.num_processes,
-                config=cfg.to_dict(),
-            ),
-        )
-    state.wait_for_everyone()
+    run = run_experiment(
+        cfg,
+        out,
+        trl_trainer(state, **trl_args),
+        entry="train",
+        backend="trl",
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        warmup=warmup,
+        evaluate=evaluate,
+        resume=resume,
+        callback=callback,
+        main=state.is_main_process,
+        barrier=state.wait_for_everyone,
+        extra={"world_size": state.num_processes, "versions": {"trl": importlib.metadata.version("trl")}},
+    )
+    history = run.history
+    history.report = run.report
     return history

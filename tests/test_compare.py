@@ -8,6 +8,7 @@ import math
 import pytest
 
 from agentr1_nb import compare as cmp
+from agentr1_nb import experiment
 from agentr1_nb.config import get_config
 from agentr1_nb.evaluate import bootstrap_ci
 
@@ -61,7 +62,30 @@ def test_read_back_needs_the_same_config_eval_n_and_sets(tmp_path):
     assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated", "2wiki"], 2)) is None
     assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated"], 8)) is None  # another warm-up
     path.write_text('{"config": ')  # half a file
-    assert cmp.read_back(path, key) is None
+    with pytest.warns(UserWarning, match=f"ignoring the saved result {path}"):
+        assert cmp.read_back(path, key) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[1, 2]", b'{"config": {}}', b'{"eval": [0, 1]}', b'{"eval": {"generated": ["x"]}}', b"\xff\xfe{}"],
+    ids=["a list", "no eval", "eval a list", "eval not numbers", "not utf-8"],
+)
+def test_a_saved_result_of_the_wrong_shape_is_run_again_with_a_warning(tmp_path, content):
+    path = tmp_path / "GRPO_seed0" / "result.json"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.warns(UserWarning, match=f"ignoring the saved result {path} \\(it will be computed again\\)"):
+        assert cmp.read_back(path, {}, cmp.run_shape) is None
+    base = tmp_path / "baselines_generated.json"
+    base.write_bytes(content)
+    with pytest.warns(UserWarning, match="baselines_generated.json"):
+        assert cmp.read_back(base, {}, cmp.baseline_shape) is None
+    # compare: a damaged file is not saved (with `saved_only` it is listed as missing, not a traceback)
+    kw = dict(fast=True, variants=["GRPO"], baseline_sets=["generated"], progress=False, saved_only=True)
+    with pytest.warns(UserWarning, match="ignoring the saved result"):
+        res = cmp.compare(get_config("cpu_demo"), tmp_path, **kw)
+    assert res["missing"] == ["GRPO seed 0", "baselines generated"] and res["rows"] == []
 
 
 def test_can_resume_only_the_same_training_with_no_fewer_steps():
@@ -187,9 +211,29 @@ def test_paper_and_variants_are_consistent():
     assert cmp.default_sets(get_config("colab_t4"))[0] == ["hotpotqa", "2wiki", "musique"]
 
 
-def test_compare_rejects_an_unknown_variant_before_loading_anything(tmp_path):
-    with pytest.raises(ValueError, match="unknown variant"):
-        cmp.compare(get_config("cpu_demo"), tmp_path, variants=["GRPO", "DPO"])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(variants=["GRPO", "DPO"]), "unknown variant"),
+        (dict(seeds=[0, 0]), "seeds lists 0 more than once"),
+        (dict(variants=["GRPO", "GRPO"]), "variants lists GRPO more than once"),
+        (dict(baseline_sets=["2wiki", "2wiki"]), "baseline_sets lists 2wiki"),
+        (dict(eval_n=0), "eval_n must be at least 1, not 0"),
+        (dict(eval_n=-3), "eval_n must be at least 1"),
+        (dict(eval_n=2.5), "eval_n must be an int"),
+        (dict(sft_batch=0), "sft_batch must be at least 1"),
+        (dict(seeds=[-1]), "seed=-1"),
+        (dict(fresh=True, saved_only=True), "contradict"),
+    ],
+)
+def test_compare_rejects_a_bad_spec_before_loading_anything(tmp_path, monkeypatch, options, match):
+    def no_loading(*a, **k):
+        raise AssertionError("compare loaded something before checking its spec")
+
+    monkeypatch.setattr(cmp, "load_policy", no_loading)
+    monkeypatch.setattr(cmp, "build_task", no_loading)
+    with pytest.raises(ValueError, match=match):
+        cmp.compare(get_config("cpu_demo"), tmp_path, **options)
     assert not (tmp_path / "results.json").exists()
 
 
@@ -202,9 +246,9 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     a tiny policy (the real CPU default runs the same in notebook 06's FAST run, which CI executes)."""
     from conftest import tiny_lora_policy
 
-    monkeypatch.setattr(
-        cmp, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
-    )
+    tiny = lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)  # noqa: E731
+    monkeypatch.setattr(cmp, "load_policy", tiny)  # the warm-up and the baselines
+    monkeypatch.setattr(experiment, "load_policy", tiny)  # the variants' runs
     cfg = get_config("cpu_demo")
     kw = dict(fast=True, variants=["GRPO"], baseline_sets=["generated"], progress=False)
     res = cmp.compare(cfg, tmp_path, **kw)
@@ -221,12 +265,15 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     (kinds,) = res["kind_rows"]  # the generated world's questions have kinds
     assert kinds["method"] == "GRPO" and kinds["seeds"] == 1 and 0.0 <= kinds["searches"] <= cfg.max_turns
     assert len(list(tmp_path.glob("sft_seed0_*/adapter_config.json"))) == 1
+    report = json.loads((tmp_path / "GRPO_seed0" / "report.json").read_text())  # the demo's report keys
+    assert tuple(report) == experiment.REPORT_KEYS + experiment.DETAIL_KEYS and report["entry"] == "compare"
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(cmp, "train", no_training)
+    monkeypatch.setattr(experiment, "train", no_training)
     monkeypatch.setattr(cmp, "load_policy", no_training)
+    monkeypatch.setattr(experiment, "load_policy", no_training)
     again = cmp.compare(cfg, tmp_path, **kw)
     assert again["reused"] == ["GRPO seed 0", "baselines generated"]
     assert again["rows"] == res["rows"] and again["seconds_per_run"] == res["seconds_per_run"]
@@ -246,17 +293,17 @@ def test_compare_with_more_steps_trains_a_finished_run_on(tmp_path, monkeypatch,
     asking for 1 step again cannot use the 2-step training and starts over."""
     from conftest import tiny_lora_policy
 
-    monkeypatch.setattr(
-        cmp, "load_policy", lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)
-    )
+    tiny = lambda cfg, adapter=None: (tiny_lora_policy(tokenizer), tokenizer)  # noqa: E731
+    monkeypatch.setattr(cmp, "load_policy", tiny)  # the warm-up and the baselines
+    monkeypatch.setattr(experiment, "load_policy", tiny)  # the variants' runs
     calls = []
-    real_train = cmp.train
+    real_train = experiment.train
 
     def train(c, run_dir, resume=True, **kw):
         calls.append((c.steps, resume))
         return real_train(c, run_dir, resume=resume, **kw)
 
-    monkeypatch.setattr(cmp, "train", train)
+    monkeypatch.setattr(experiment, "train", train)
     cfg = get_config("cpu_demo")
     kw = dict(fast=True, variants=["GRPO"], baselines=False, progress=False)
     metrics = tmp_path / "GRPO_seed0" / "metrics.jsonl"

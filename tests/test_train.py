@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
-from agentr1_nb import runs
+from agentr1_nb import experiment, runs
 from agentr1_nb import train as train_mod
 from agentr1_nb.config import get_config
 from agentr1_nb.env import build_task
@@ -139,34 +139,10 @@ def test_gold_episode_masks_only_actions_and_sft_lowers_loss(tokenizer):
 
 def test_demo_report_keys(tmp_path, tokenizer, monkeypatch):
     """The main job end to end on the tiny model (the real CPU default runs in `make demo`)."""
-    monkeypatch.setattr(runs, "load_policy", lambda cfg, adapter=None: (_policy(tokenizer), tokenizer))
+    monkeypatch.setattr(experiment, "load_policy", lambda cfg, adapter=None: (_policy(tokenizer), tokenizer))
     cfg = _cfg("steps=2", "eval_questions=4", "eval_batch_size=4", "sft_warmup_steps=1")
     report = runs.demo(cfg, tmp_path)
-    assert set(report) == {
-        "em_before",
-        "em_before_ci95",
-        "em_after",
-        "em_after_ci95",
-        "em_by_kind_before",
-        "em_by_kind_after",
-        "multihop_em_before",
-        "multihop_em_before_ci95",
-        "multihop_em_after",
-        "multihop_em_after_ci95",
-        "multihop_n",
-        "mean_searches_before",
-        "mean_searches_after",
-        "reward_first",
-        "reward_last",
-        "steps",
-        "seconds_per_step",
-        "peak_rss_mb",
-        "minutes",
-        "phase_minutes",
-        "phase_peak_rss_mb",
-        "seed",
-        "use_process_reward",
-    }
+    assert tuple(report) == experiment.REPORT_KEYS  # the same keys from every entry point (test_experiment)
     assert report["steps"] == 2 and 0.0 <= report["em_after"] <= 1.0
     assert set(report["phase_minutes"]) == {"load", "warmup", "eval_before", "train", "eval_after"}
     assert sum(report["phase_minutes"].values()) <= report["minutes"] + 0.05

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
-from agentr1_nb import trl_backend
+from agentr1_nb import experiment, trl_backend
 from agentr1_nb.__main__ import main
 from agentr1_nb.config import get_config
 from agentr1_nb.env import STOP_STRINGS, build_task, format_call
@@ -22,6 +22,7 @@ from agentr1_nb.policy import token_logprobs
 from agentr1_nb.rewards import score_trajectory, trajectory_scores
 from agentr1_nb.rollout import rollout
 from agentr1_nb.train import load_metrics
+from agentr1_nb.vllm_engine import engine_rollout
 
 TINY = TINY_RUN + ["minibatch_size=4", "micro_batch_size=2", "sft_warmup_steps=0", "eval_questions=2"]
 
@@ -99,7 +100,7 @@ def test_reward_func_equals_our_trajectory_scores(tokenizer):
     cfg = _cfg("max_tokens_per_turn=96", "format_penalty=-0.2", "process_reward_weight=0.1")
     task = build_task(cfg, tokenizer)
     engine = ScriptedEngine(tokenizer, _scripts(task.train[:4]))
-    trajs = trl_backend.engine_rollout(engine, tokenizer, task.train[:4], task.make_env, cfg)
+    trajs = engine_rollout(engine, tokenizer, task.train[:4], task.make_env, cfg)
     for t in trajs:
         score_trajectory(t, cfg)  # what our trainer does before its advantages
     fields = trl_backend.trl_fields(trajs, tokenizer.pad_token_id)
@@ -164,7 +165,7 @@ def test_engine_rollout_keeps_the_engine_ids_and_appends_observations(tokenizer)
     task = build_task(cfg, tokenizer)
     examples = task.train[:4]
     engine = ScriptedEngine(tokenizer, _scripts(examples))
-    trajs = trl_backend.engine_rollout(engine, tokenizer, examples, task.make_env, cfg)
+    trajs = engine_rollout(engine, tokenizer, examples, task.make_env, cfg)
 
     # one call per turn on every process, even when no episode is left (vLLM server mode gathers)
     assert len(engine.calls) == cfg.max_turns and engine.calls[-1]["histories"] == []
@@ -240,9 +241,7 @@ def test_engine_rollout_equals_our_rollout_with_a_greedy_engine(tokenizer):
     model = _policy(tokenizer).eval()
     examples = task.train[:3]
     ours = rollout(model, tokenizer, examples, task.make_env, cfg, group_size=1, greedy=True, use_cache=False)
-    theirs = trl_backend.engine_rollout(
-        GreedyEngine(model, tokenizer), tokenizer, examples, task.make_env, cfg
-    )
+    theirs = engine_rollout(GreedyEngine(model, tokenizer), tokenizer, examples, task.make_env, cfg)
     for a, b in zip(ours, theirs):
         assert b.token_ids == a.token_ids and b.action_mask == a.action_mask
         assert b.turn_starts == a.turn_starts and b.turn_ends == a.turn_ends
@@ -265,7 +264,7 @@ def test_grpo_config_maps_our_config():
     assert one.steps_per_generation == 8 and one.max_steps == cfg.steps  # 16 episodes / 2 per forward
     assert one.learning_rate == cfg.lr and one.beta == 0.01 and one.epsilon == 0.3 and one.temperature == 0.9
     assert one.loss_type == "grpo" and one.scale_rewards == "group" and one.top_k == 0
-    assert one.use_cpu and not one.bf16 and not one.fp16 and one.report_to == []
+    assert one.use_cpu and not one.bf16 and not one.fp16
     assert not one.mask_truncated_completions and one.seed == cfg.seed
     two = trl_backend.trl_batch_sizes(cfg.replace(minibatch_size=8), world=2)
     assert two["gradient_accumulation_steps"] == 2 and two["updates_per_step"] == 2  # 8 / (2 x 2 processes)
@@ -276,10 +275,30 @@ def test_grpo_config_maps_our_config():
         trl_backend.grpo_config(cfg.replace(algo="rloo"), "/tmp/unused")
     with pytest.raises(ValueError, match="unknown trl.GRPOConfig"):
         trl_backend.grpo_config(cfg, "/tmp/unused", no_such_field=1)
+    assert trl_backend.grpo_config(cfg.replace(log_with="none"), "/tmp/unused", world=1).report_to == []
     assert trl_backend.parse_trl_args(["use_vllm=true", "vllm_mode=server"]) == {
         "use_vllm": True,
         "vllm_mode": "server",
     }
+
+
+def test_log_with_maps_to_report_to(monkeypatch):
+    """Config.log_with -> GRPOConfig.report_to: "auto" is TensorBoard when it is installed, else none; a
+    tracker asked for by name and not installed is an error naming the package."""
+    cfg = get_config("cpu_demo", ["log_with=tensorboard"])
+    assert trl_backend.grpo_config(cfg, "/tmp/unused", world=1).report_to == ["tensorboard"]
+    assert trl_backend.report_to("none") == []
+    installed = {"tensorboard"}
+    monkeypatch.setattr(
+        trl_backend.importlib.util, "find_spec", lambda name, *a: object() if name in installed else None
+    )
+    assert trl_backend.report_to("auto") == ["tensorboard"]
+    with pytest.raises(ValueError, match="log_with='wandb' needs the wandb package: pip install wandb"):
+        trl_backend.report_to("wandb")
+    installed.clear()
+    assert trl_backend.report_to("auto") == []
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        trl_backend.report_to("tensorboard")
 
 
 def test_missing_trl_names_the_extra(tmp_path, monkeypatch, capsys):
@@ -300,7 +319,7 @@ def test_two_trl_steps_from_the_command_line(tmp_path, tokenizer, monkeypatch, c
     """`train --backend trl` on a tiny model: two GRPOTrainer steps, our metrics, evaluation and adapter."""
     model = _policy(tokenizer)
     before = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
-    monkeypatch.setattr(trl_backend, "load_policy", lambda cfg: (model, tokenizer))
+    monkeypatch.setattr(experiment, "load_policy", lambda cfg, adapter=None: (model, tokenizer))
     # the entropy bonus gives a gradient even when every reward of the random model is the same
     argv = [
         "train",
@@ -343,6 +362,14 @@ def test_two_trl_steps_from_the_command_line(tmp_path, tokenizer, monkeypatch, c
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["backend"] == "trl" and report["steps"] == 2 and report["em_after"] is not None
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert tuple(report) == experiment.REPORT_KEYS + experiment.DETAIL_KEYS and report["multihop_n"] >= 0
+    # log_with=auto with tensorboard installed: TRL's logs as TensorBoard events in the run folder
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (tmp_path / trl_backend.TRACKER_DIR).glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert any("loss" in tag for tag in acc.Tags()["scalars"]), acc.Tags()
     assert len((tmp_path / "eval_after.jsonl").read_text().splitlines()) == 2
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before), "TRL did not update the LoRA weights"
@@ -362,10 +389,10 @@ def _tiny_folder(path, tokenizer):
 def test_trl_native_tool_loop_in_the_bench_worker(tmp_path, tokenizer, capsys):
     """The baseline of `bench trainers`: GRPOTrainer(tools=[search]) with SmolLM2's tokenizer, which gets
     Qwen2.5's tool-calling template, runs a step and reports its timing and memory."""
-    from agentr1_nb import bench
+    from agentr1_nb import bench_trainers
 
     cfg = _cfg(f"model={_tiny_folder(tmp_path / 'tiny', tokenizer)}", "steps=1", "max_tokens_per_turn=8")
-    bench._trainer_worker("trl_native", cfg.to_json(), str(tmp_path / "run"))
+    bench_trainers.trainer_worker("trl_native", cfg.to_json(), str(tmp_path / "run"))
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["variant"] == "trl_native" and res["tool_calling_template"] is True
     assert len(res["step_s"]) == len(res["step_cpu_s"]) == 1 and res["step_s"][0] > 0
