@@ -43,7 +43,7 @@ from .actions import STOP_STRINGS
 from .config import Config
 from .data import QAExample
 from .kvcache import HiddenProbe, KVBatch
-from .policy import decoder_layers
+from .logprobs import decoder_layers
 
 
 @dataclass

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .actions import format_call
 from .config import Config
 from .env import Task
-from .policy import token_logprobs
+from .logprobs import token_logprobs
 
 
 def gold_episode(example, env, tokenizer) -> tuple[list[int], list[int]]:

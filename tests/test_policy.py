@@ -10,18 +10,17 @@ import pytest
 import torch
 from conftest import make_tiny_model, tiny_lora_policy
 
-from agentr1_nb import policy
+from agentr1_nb import logprobs, policy
 from agentr1_nb.bench import token_logprobs_naive
 from agentr1_nb.config import Config, get_config
+from agentr1_nb.logprobs import final_hidden, token_logprobs
 from agentr1_nb.memory import NF4_BYTES_PER_PARAM, lora_param_count
 from agentr1_nb.policy import (
     ModelUnavailableError,
     _folder_is_complete,
     cpu_default_model_dir,
-    final_hidden,
     load_policy,
     reference,
-    token_logprobs,
 )
 
 
@@ -214,7 +213,7 @@ def test_logprobs_at_positions_equal_the_full_ones_with_grad(chunk):
     _perturb_lora(model, scale=0.1)
     ids, mask = _padded_batch(300)
     pos = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) > 0.4  # (B, T-1)
-    keep = pos & policy.valid_targets(mask)
+    keep = pos & logprobs.valid_targets(mask)
 
     full, ent_full = token_logprobs(model, ids, mask, chunk=chunk, temperature=0.7, with_entropy=True)
     ((full * keep).sum() + 0.1 * (ent_full * keep).sum()).backward()
@@ -261,20 +260,20 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
     model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     _perturb_lora(model, scale=0.1)
     ids, mask = _group_batch(300)
-    assert policy.shared_prefix_len(ids, mask) == 20
+    assert logprobs.shared_prefix_len(ids, mask) == 20
     pos = torch.zeros(4, ids.shape[1] - 1, dtype=torch.bool)
     pos[:, 18:] = True  # the last prompt step predicts the first action token
 
-    orig = policy.MIN_SHARED_PREFIX
+    orig = logprobs.MIN_SHARED_PREFIX
     try:
-        policy.MIN_SHARED_PREFIX = 10**9  # the plain pass
+        logprobs.MIN_SHARED_PREFIX = 10**9  # the plain pass
         full, ent_full = token_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, positions=pos)
         (full.sum() + 0.1 * ent_full.sum()).backward()
         g_full = _lora_grads(model)
         model.zero_grad()
     finally:
-        policy.MIN_SHARED_PREFIX = orig
-    decoder, _ = policy._decoder_and_head(model)
+        logprobs.MIN_SHARED_PREFIX = orig
+    decoder, _ = logprobs.decoder_and_head(model)
     shapes = []
     hook = decoder.register_forward_pre_hook(
         lambda mod, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
@@ -289,7 +288,7 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
     assert shapes == [(1, 20), (4, ids.shape[1] - 20)]
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, ent_full, atol=1e-5, rtol=1e-5)
-    assert (shared[~policy.valid_targets(mask)] == 0).all()
+    assert (shared[~logprobs.valid_targets(mask)] == 0).all()
     assert g_full.keys() == g_shared.keys() and len(g_full) > 0
     for n in g_full:
         torch.testing.assert_close(g_shared[n], g_full[n], atol=1e-5, rtol=1e-4)
@@ -298,14 +297,14 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
 def test_no_shared_prompt_without_a_common_prefix():
     """Rows of different questions, a single row or a short common prefix take the plain pass."""
     ids, mask = _group_batch(300)
-    assert policy.shared_prefix_len(ids[:1], mask[:1]) == 0
+    assert logprobs.shared_prefix_len(ids[:1], mask[:1]) == 0
     other = ids.clone()
     other[2, 3] = (other[2, 3] + 1) % 300
-    assert policy.shared_prefix_len(other, mask) == 3
+    assert logprobs.shared_prefix_len(other, mask) == 3
     holes = mask.clone()
     holes[1, 5] = 0  # a padding hole inside the prompt ends the shared prefix
-    assert policy.shared_prefix_len(ids, holes) == 5
-    assert policy.shared_prefix_len(ids[:2, :10], mask[:2, :10]) == 10  # identical rows: all of them
+    assert logprobs.shared_prefix_len(ids, holes) == 5
+    assert logprobs.shared_prefix_len(ids[:2, :10], mask[:2, :10]) == 10  # identical rows: all of them
 
 
 def test_lora_on_the_top_layers_only(tiny_model_dir):
@@ -372,7 +371,7 @@ def test_final_hidden_is_the_decoders_last_state_without_a_cache():
     model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     _perturb_lora(model, scale=0.1)
     ids, mask = _padded_batch(300)
-    decoder, head = policy._decoder_and_head(model)
+    decoder, head = logprobs.decoder_and_head(model)
     seen = []
     hook = decoder.register_forward_pre_hook(
         lambda mod, args, kw: seen.append(kw.get("use_cache")), with_kwargs=True
@@ -387,7 +386,7 @@ def test_final_hidden_is_the_decoders_last_state_without_a_cache():
         out = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=policy.position_ids_from_mask(mask),
+            position_ids=logprobs.position_ids_from_mask(mask),
             output_hidden_states=True,
             use_cache=False,
         )
@@ -525,12 +524,12 @@ class _Vocab:
 
 
 def test_trunk_layer_is_the_first_adapted_layer_when_nothing_below_trains():
-    assert policy.trunk_layer(_top_lora()) == 2
-    assert policy.trunk_layer(tiny_lora_policy(_Vocab(300), layers=4)) is None  # LoRA on layer 0: no trunk
-    assert policy.trunk_layer(make_tiny_model(300)) is None  # everything trains, the embedding too
+    assert logprobs.trunk_layer(_top_lora()) == 2
+    assert logprobs.trunk_layer(tiny_lora_policy(_Vocab(300), layers=4)) is None  # LoRA on layer 0: no trunk
+    assert logprobs.trunk_layer(make_tiny_model(300)) is None  # everything trains, the embedding too
     model = _top_lora()
     model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
-    assert policy.trunk_layer(model) is None  # a trainable embedding lies below every layer
+    assert logprobs.trunk_layer(model) is None  # a trainable embedding lies below every layer
 
 
 @pytest.mark.parametrize("share_prefix", [False, True])
@@ -543,14 +542,14 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
     ids[1:, :20] = ids[0, :20]  # a shared 20-token prompt
     mask = torch.ones_like(ids)
     mask[2, 33:] = 0
-    positions = policy.position_ids_from_mask(mask)
+    positions = logprobs.position_ids_from_mask(mask)
     decoder = model.get_base_model().model
     with torch.no_grad():
         trunk = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
         trunk = trunk.hidden_states[2]  # (B, T, H): the input of layer 2
         trunk[2, 33:] = 0.0  # padding: never read
-        full = policy.final_hidden(model, ids, mask, share_prefix=share_prefix)
-        part = policy.final_hidden(model, ids, mask, share_prefix=share_prefix, trunk=trunk, trunk_at=2)
+        full = logprobs.final_hidden(model, ids, mask, share_prefix=share_prefix)
+        part = logprobs.final_hidden(model, ids, mask, share_prefix=share_prefix, trunk=trunk, trunk_at=2)
     real = mask.bool()
     torch.testing.assert_close(part[real], full[real], atol=1e-5, rtol=1e-5)
     model.train()
@@ -564,10 +563,10 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # the embedding and layers 0-1 did not run: a trunk of zeros gives other hidden states than the tokens
     with torch.no_grad():
-        other = policy.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
+        other = logprobs.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
     assert not torch.allclose(other[real], full[real], atol=1e-2)
     with pytest.raises(ValueError, match="trunk_at"):  # a trunk is the input of some layer: which one?
-        policy.final_hidden(model, ids, mask, trunk=trunk)
+        logprobs.final_hidden(model, ids, mask, trunk=trunk)
 
 
 def test_load_policy_hides_peft_deprecation_probe(tiny_model_dir, tmp_path):
@@ -583,3 +582,19 @@ def test_load_policy_hides_peft_deprecation_probe(tiny_model_dir, tmp_path):
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert "still visible" in messages
     assert not [m for m in messages if "is_gradient_checkpointing" in m]
+
+
+def test_one_tiny_architecture():
+    """Tests, benchmarks and `check --tiny` build the same tiny Qwen2 from `policy.TINY_ARCH`."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    from agentr1_nb import check
+
+    assert check.TINY_ARCH == policy.TINY_ARCH and policy.TINY_ARCH["model_type"] == "qwen2"
+    cfg = policy.tiny_model_config(100, max_position_embeddings=512)
+    assert isinstance(cfg, Qwen2Config) and cfg.vocab_size == 100 and cfg.max_position_embeddings == 512
+    sizes = {k: v for k, v in policy.TINY_ARCH.items() if k != "model_type"}
+    assert all(getattr(cfg, k) == v for k, v in sizes.items())
+    llama = policy.tiny_model_config(100, "llama", num_hidden_layers=3)
+    assert isinstance(llama, LlamaConfig) and llama.num_hidden_layers == 3 and llama.hidden_size == 64
+    assert make_tiny_model(100).config.model_type == "llama"

@@ -11,7 +11,8 @@ from conftest import tiny_lora_policy
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
 from agentr1_nb.kvcache import GrowingLayer, KVBatch, new_cache
-from agentr1_nb.policy import reference, token_logprobs
+from agentr1_nb.logprobs import token_logprobs
+from agentr1_nb.policy import reference
 from agentr1_nb.rollout import (
     Row,
     StopChecker,
@@ -763,7 +764,7 @@ def test_rollout_keeps_each_tokens_input_to_the_trunk_layer(tokenizer, use_cache
     """keep_hidden_at=k: every token a forward read gets its input to decoder layer k, as a full forward of
     the finished trajectory computes it (shared prompts, rows stopping at different steps, observations),
     as a normal tensor autograd can use; without it the trajectories carry none."""
-    from agentr1_nb.policy import trunk_layer
+    from agentr1_nb.logprobs import trunk_layer
 
     inner = tiny_lora_policy(tokenizer, layers=4, top_layers=2)
     k = trunk_layer(inner)

@@ -18,7 +18,7 @@ from agentr1_nb import trl_backend
 from agentr1_nb.__main__ import main
 from agentr1_nb.config import get_config
 from agentr1_nb.env import STOP_STRINGS, build_task, format_call
-from agentr1_nb.policy import token_logprobs
+from agentr1_nb.logprobs import token_logprobs
 from agentr1_nb.rewards import score_trajectory, trajectory_scores
 from agentr1_nb.rollout import rollout
 from agentr1_nb.train import load_metrics
