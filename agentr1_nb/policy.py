@@ -329,10 +329,119 @@ def compute_in_fp32(model, patterns: list[str]) -> list[str]:
     return done
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot be what it claims (a ValueError: the CLI prints it as one `error:` line)."""
+
+
+def check_adapter(folder: str | Path) -> dict:
+    """Check an adapter folder before anything loads it; return its `adapter_config.json` as a dict.
+
+    Adapter folders are files people download and share, so each is read as untrusted input: the config must
+    be a UTF-8 JSON object with a `peft_type`; the weights must be a non-empty, complete safetensors file
+    (never a pickle: `adapter_model.bin` is refused) holding at least one LoRA weight. Each failure is an
+    `AdapterError` naming the file. Whether the weights fit the model is checked after loading
+    (`check_adapter_fits`).
+    """
+    folder = Path(folder)
+    conf_path, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not conf_path.is_file():
+        raise AdapterError(
+            f"{conf_path}: not found (an adapter folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+        )
+    try:
+        conf = json.loads(conf_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise AdapterError(f"{conf_path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except ValueError as e:  # json.JSONDecodeError, and nesting too deep
+        raise AdapterError(f"{conf_path}: not valid JSON ({str(e).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise AdapterError(f"{conf_path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(conf, dict):
+        raise AdapterError(f"{conf_path}: must hold a JSON object, not a {type(conf).__name__}")
+    if not isinstance(conf.get("peft_type"), str) or not conf["peft_type"]:
+        raise AdapterError(f'{conf_path}: has no "peft_type" (a PEFT adapter config names it, e.g. "LORA")')
+    if conf["peft_type"] != "LORA":
+        raise AdapterError(
+            f"{conf_path}: peft_type {conf['peft_type']!r} is not supported (LoRA adapters only)"
+        )
+    if not weights.is_file():
+        extra = " (adapter_model.bin is a pickle, which could run code: save with safetensors)"
+        raise AdapterError(
+            f"{weights}: not found" + (extra if (folder / "adapter_model.bin").exists() else "")
+        )
+    if weights.stat().st_size == 0:
+        raise AdapterError(f"{weights}: the file is empty (0 bytes)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for every bad file
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise AdapterError(
+            f"{weights}: not a readable safetensors file, truncated or another format ({msg})"
+        ) from None
+    if not any(".lora_A." in k or ".lora_B." in k for k in keys):
+        shown = ", ".join(keys[:3]) or "no tensors at all"
+        raise AdapterError(f"{weights}: holds no LoRA weight (lora_A / lora_B); it has {shown}")
+    return conf
+
+
+def check_adapter_fits(model, folder: str | Path) -> None:
+    """Refuse an adapter whose weights do not all land in `model` (a loaded `PeftModel`).
+
+    peft loads adapter weights non-strictly: a file of another base model, or with keys it does not know,
+    would leave the LoRA weights at their initial values (B = 0) and the untrained base model would be
+    evaluated as the agent. Every LoRA weight of the model must be in the file and every tensor of the file
+    in the model, with the same shapes.
+    """
+    from peft import get_peft_model_state_dict
+
+    weights = Path(folder) / ADAPTER_WEIGHTS
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    with safe_open(str(weights), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    unknown = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    if unknown or missing:
+        what = f"{len(unknown)} tensor(s) this model has no place for (e.g. {unknown[0]})" if unknown else ""
+        if missing:
+            what += (
+                "; " if what else ""
+            ) + f"{len(missing)} LoRA weight(s) of this model missing (e.g. {missing[0]})"
+        raise AdapterError(f"{weights}: does not fit the model (an adapter of another base model?): {what}")
+    if wrong:
+        k = wrong[0]
+        raise AdapterError(
+            f"{weights}: {len(wrong)} tensor(s) of the wrong shape for this model, e.g. {k}: {list(found[k])} "
+            f"in the file, {list(expected[k])} in the model (an adapter of another base model?)"
+        )
+
+
+def load_adapter(model, folder: str | Path):
+    """`PeftModel.from_pretrained` on a folder that `check_adapter` passed, then `check_adapter_fits`."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except Exception as e:  # noqa: BLE001 - a config peft rejects, or shapes that do not fit (size mismatch)
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise AdapterError(
+            f"{Path(folder) / ADAPTER_CONFIG}: the adapter does not load into this model ({msg})"
+        ) from None
+    check_adapter_fits(model, folder)
+    return model
+
+
 def load_policy(cfg: Config, adapter: str | Path | None = None):
     """Return `(model, tokenizer)`: the base model (4-bit NF4 if `cfg.load_in_4bit`) with a LoRA adapter.
 
-    `adapter` loads saved LoRA weights (a folder written by `model.save_pretrained`) instead of a fresh one.
+    `adapter` loads saved LoRA weights (a folder written by `model.save_pretrained`) instead of a fresh one,
+    checked first (`check_adapter`: an `AdapterError` naming the file for anything it cannot be) and after
+    loading (`check_adapter_fits`: every weight of the file lands in the model).
 
     The fp16 remedy (`cfg.fp32_modules`, on in `colab_t4`): Qwen2.5 was trained in bf16 and a few of its
     MLPs overflow fp16 (the product gate x up passes 65,504, then inf and NaN logits). The named modules are
@@ -345,12 +454,10 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
     compute dtype (as Unsloth does), freeze the base and switch on non-reentrant checkpointing ourselves;
     `token_logprobs` upcasts the logits to fp32 chunk by chunk. The LoRA weights are fp32 (peft's default).
     """
-    from peft import (
-        LoraConfig,
-        PeftModel,
-        get_peft_model,
-    )  # ~10 s to import on a 2-core CPU: only when needed
+    from peft import LoraConfig, get_peft_model  # ~10 s to import on a 2-core CPU: only when needed
 
+    if adapter is not None:
+        check_adapter(adapter)  # before the base model loads: a bad file fails in a second
     tok = load_tokenizer(cfg)
     path = resolve_model_path(cfg)
     dtype = compute_dtype(cfg)
@@ -381,7 +488,7 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
         # every load, which a user can do nothing about)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if adapter is not None:
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+            model = load_adapter(model, adapter)
         else:
             lora = LoraConfig(
                 r=cfg.lora_r,

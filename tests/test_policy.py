@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import warnings
@@ -598,3 +599,112 @@ def test_one_tiny_architecture():
     llama = policy.tiny_model_config(100, "llama", num_hidden_layers=3)
     assert isinstance(llama, LlamaConfig) and llama.num_hidden_layers == 3 and llama.hidden_size == 64
     assert make_tiny_model(100).config.model_type == "llama"
+
+
+# ----------------------------------------------------------------------------- adapters are checked first
+def _adapter_folder(tmp_path, config=None, weights=None):
+    """A folder with a valid-looking LoRA adapter unless `config` (bytes) / `weights` (bytes) replace parts."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir(exist_ok=True)
+    conf = _json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}).encode()
+    (folder / "adapter_config.json").write_bytes(conf if config is None else config)
+    if weights is None:
+        save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64)},
+                  str(folder / "adapter_model.safetensors"))  # fmt: skip
+    else:
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def _good_weights(tmp_path) -> bytes:
+    return (_adapter_folder(tmp_path / "good") / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "config, what",
+    [
+        (b"", "not valid JSON"),
+        (b"\xff\xfe\x00binary", "not a text file"),
+        (b"[1, 2]", "a JSON object, not a list"),
+        (b'{"r": 8}', 'no "peft_type"'),
+        (b'{"peft_type": null}', 'no "peft_type"'),
+        (b'{"peft_type": "IA3"}', "not supported"),
+        (b"[" * 100000, "not valid JSON"),
+    ],
+)
+def test_bad_adapter_config_is_a_clear_error(tmp_path, config, what):
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, config=config)
+    with pytest.raises(policy.AdapterError, match=re.escape(str(folder / "adapter_config.json"))) as e:
+        policy.check_adapter(folder)
+    assert what in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "cut, what",
+    [
+        (lambda b: b"", "empty (0 bytes)"),
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:5], "truncated"),
+        (lambda b: b"PK\x03\x04 a zip file, not safetensors" * 10, "not a readable safetensors"),
+    ],
+)
+def test_bad_adapter_weights_are_a_clear_error(tmp_path, cut, what):
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, weights=cut(_good_weights(tmp_path)))
+    with pytest.raises(policy.AdapterError, match=re.escape(str(folder / "adapter_model.safetensors"))) as e:
+        policy.check_adapter(folder)
+    assert what in str(e.value)
+
+
+def test_adapter_without_lora_weights_or_as_a_pickle_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _adapter_folder(tmp_path)
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(policy.AdapterError, match="holds no LoRA weight.*model.embed_tokens.weight"):
+        policy.check_adapter(folder)
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(policy.AdapterError, match="adapter_model.bin is a pickle"):
+        policy.check_adapter(folder)
+    with pytest.raises(policy.AdapterError, match="not found"):
+        policy.check_adapter(tmp_path / "nowhere")
+    assert issubclass(policy.AdapterError, ValueError)  # the CLI prints it as one `error:` line, exit 2
+
+
+def test_adapter_that_does_not_fit_the_model_is_refused(tiny_model_dir, tmp_path):
+    """A safetensors file of LoRA weights that do not land in the model would leave the untrained base model
+    evaluated as the agent: keys it has no place for, missing keys and wrong shapes are each refused."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = get_config(overrides={"model": str(tiny_model_dir), "lora_r": 4})
+    model, _ = load_policy(cfg)
+    good = tmp_path / "good"
+    model.save_pretrained(good)
+    load_policy(cfg, adapter=good)  # the adapter as saved loads
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    keys = sorted(tensors)
+
+    def variant(name, new):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_bytes((good / "adapter_config.json").read_bytes())
+        save_file(new, str(folder / "adapter_model.safetensors"))
+        return folder
+
+    other = variant("other", {k.replace("model.layers", "transformer.h"): v for k, v in tensors.items()})
+    with pytest.raises(policy.AdapterError, match="other/adapter_model.safetensors: does not fit the model"):
+        load_policy(cfg, adapter=other)
+    half = variant("half", {k: tensors[k] for k in keys[: len(keys) // 2]})
+    with pytest.raises(policy.AdapterError, match="half/adapter_model.safetensors: .*missing"):
+        load_policy(cfg, adapter=half)
+    wrong = dict(tensors)
+    wrong[keys[0]] = torch.zeros(3, 3)
+    bad_shape = variant("shape", wrong)
+    with pytest.raises(policy.AdapterError, match=r"shape/adapter_"):
+        load_policy(cfg, adapter=bad_shape)
