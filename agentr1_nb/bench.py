@@ -29,9 +29,10 @@ import transformers
 from transformers import Qwen2ForCausalLM
 
 from . import __version__
+from .actions import STOP_STRINGS, parse_action
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
-from .env import STOP_STRINGS, build_task, parse_action
+from .env import build_task
 from .kvcache import cache_kwarg, left_pad
 from .logprobs import position_ids_from_mask, token_logprobs, trunk_layer, valid_targets
 from .policy import cpu_default_model_dir, cpu_has_bf16, gpu_has_bf16, load_policy, tiny_model_config

@@ -61,9 +61,10 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from .actions import STOP_STRINGS, answer_well_formed, parse_action
 from .common import atomic_write_json, check_writable_dir, mean, peak_memory_mb, set_seed
 from .config import Config
-from .env import STOP_STRINGS, Task, answer_well_formed, build_prompt_messages, build_task, parse_action
+from .env import Task, build_prompt_messages, build_task
 from .evaluate import evaluate_agent
 from .policy import compute_dtype, load_policy
 from .rewards import outcome_reward, score_trajectory, trajectory_scores
