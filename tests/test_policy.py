@@ -708,3 +708,13 @@ def test_adapter_that_does_not_fit_the_model_is_refused(tiny_model_dir, tmp_path
     bad_shape = variant("shape", wrong)
     with pytest.raises(policy.AdapterError, match=r"shape/adapter_"):
         load_policy(cfg, adapter=bad_shape)
+
+
+def test_cli_answers_a_bad_adapter_with_one_error_line(tmp_path, capsys):
+    from agentr1_nb.__main__ import main
+
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, config=b"[]")
+    assert main(["ask", "--adapter", str(folder), "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(folder / "adapter_config.json") in err
