@@ -11,9 +11,9 @@ and the field, or has a documented fallback:
 
 - a file that is empty, not UTF-8, or not valid JSON (a list, an object with a "data" list, or JSON lines;
   a UTF-8 byte-order mark is accepted) is an error naming the file (and the line for JSON lines);
-- JSON lines are lines ended by "\n" only (U+2028, U+2029, U+0085 inside strings are text, not line ends);
+- JSON lines are lines ended by a line feed only (U+2028, U+2029, U+0085 inside strings are text, not line ends);
 - JSON's non-standard constants NaN / Infinity / -Infinity, a number too large for a float (1e400) and an
-  integer of more than `MAX_INT_DIGITS` digits are errors naming the file and the line;
+  integer of more than `records.MAX_INT_DIGITS` digits are errors naming the file and the line;
 - answers are strings: a number becomes its text only when it is finite and its text is at most
   `MAX_NUMBER_CHARS` characters (else an error); an `answer` that is null, empty or not a string / number is
   an error (a null never becomes the answer "None"); null or empty *aliases* are dropped; an empty

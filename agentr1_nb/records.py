@@ -1,6 +1,6 @@
 """Reading the records of a data file defensively: `read_records(path)` and `DataFormatError`.
 
-A data file is a JSON list, an object with a "data" list, or JSON lines (lines end at "\n" only: U+2028,
+A data file is a JSON list, an object with a "data" list, or JSON lines (lines end at a line feed only: U+2028,
 U+2029 and U+0085 inside strings are text). JSON's non-standard constants (NaN, Infinity), numbers that
 overflow a float (1e400) and integers of more than `MAX_INT_DIGITS` digits are refused while the file is
 read, with the file and the line. The formats built on these records are in `data.py`.
@@ -57,7 +57,7 @@ def _loads(text: str) -> Any:
     return _DECODER.decode(text)
 
 
-def _bad_number_line(text: str, err: _BadNumber) -> str:
+def _bad_number_line(text: str) -> str:
     """'line N' of the first line that holds a refused number or constant outside strings, else ''."""
     pattern = re.compile(r"(?<![\w.])(-?Infinity|NaN|-?\d[\d.eE+-]*)(?![\w.])")
     for lineno, line in enumerate(text.split("\n"), 1):
@@ -76,7 +76,7 @@ def read_records(path: str | Path) -> list[dict]:
 
     Errors name the file: missing, a folder, not UTF-8, empty, not valid JSON (with the line and column),
     a refused number (NaN, Infinity, 1e400, a huge integer: with the line), no records, or a record that is
-    not an object. JSON lines end at "\n" only: U+2028 / U+2029 / U+0085 are text.
+    not an object. JSON lines end at a line feed only: U+2028 / U+2029 / U+0085 are text.
     """
     path = Path(path)
     if path.is_dir():
@@ -95,7 +95,7 @@ def read_records(path: str | Path) -> list[dict]:
     try:
         records = _parse_records(path, stripped, raw)
     except _BadNumber as e:
-        raise DataFormatError(f"{path}: {_bad_number_line(raw, e)}{e}") from None
+        raise DataFormatError(f"{path}: {_bad_number_line(raw)}{e}") from None
     if not records:
         raise DataFormatError(f"{path}: holds no records (an empty list)")
     for i, r in enumerate(records):
