@@ -427,6 +427,8 @@ def load_adapter(model, folder: str | Path):
 
     try:
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the machine's limit, not the adapter's fault
     except Exception as e:  # noqa: BLE001 - a config peft rejects, or shapes that do not fit (size mismatch)
         msg = " ".join(str(e).split())[:300] or type(e).__name__
         raise AdapterError(
