@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import torch
 
+from .actions import answer_well_formed, parse_action
 from .config import Config
-from .env import ToolEnv, answer_well_formed, parse_action
+from .env import ToolEnv
 from .evaluate import evaluate_agent, trajectory_record
 from .policy import reference
 from .prompts import (
@@ -57,7 +58,7 @@ from .tools import SearchTool
 
 
 def parse_answer(text: str) -> tuple[str | None, bool]:
-    """`(answer, answer_ok)` read exactly as the agent's env reads a final turn (`env.parse_action`).
+    """`(answer, answer_ok)` read exactly as the agent's env reads a final turn (`actions.parse_action`).
 
     The answer is the text after ``<answer>`` (up to ``</answer>`` when present; an unclosed answer still
     counts as the prediction, as in the env) or None; `answer_ok` is the env's answer-format check.

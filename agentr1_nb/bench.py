@@ -28,24 +28,17 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from . import __version__
+from .actions import STOP_STRINGS, parse_action
 from .bench_trainers import TRAINER_VARIANTS, run_worker, summarize_trainers
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
-from .env import STOP_STRINGS, build_task, parse_action
+from .env import build_task
 from .kvcache import cache_kwarg, left_pad
-from .policy import (
-    cpu_default_model_dir,
-    cpu_has_bf16,
-    gpu_has_bf16,
-    load_policy,
-    position_ids_from_mask,
-    token_logprobs,
-    trunk_layer,
-    valid_targets,
-)
+from .logprobs import position_ids_from_mask, token_logprobs, trunk_layer, valid_targets
+from .policy import cpu_default_model_dir, cpu_has_bf16, gpu_has_bf16, load_policy, tiny_model_config
 from .rollout import eos_ids, inference, rollout
 from .sft import sft_warmup
 from .train import train
@@ -88,16 +81,7 @@ def token_logprobs_naive(
 
 def _bench_model(vocab: int, device: str):
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
+    cfg = tiny_model_config(vocab, max_position_embeddings=4096)
     return Qwen2ForCausalLM(cfg).to(device).train()
 
 

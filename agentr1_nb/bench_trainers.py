@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .actions import answer_well_formed, parse_action
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
-from .env import Task, answer_well_formed, build_task, parse_action
+from .env import Task, build_task
 from .policy import load_policy
 from .rewards import outcome_reward
 from .sft import sft_warmup

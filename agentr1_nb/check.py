@@ -55,15 +55,16 @@ from . import algos
 from .common import peak_memory_mb
 from .config import Config, get_config, parse_overrides
 from .env import build_task
+from .logprobs import token_logprobs
 from .memory import GB, PRESET_GPU_GB, QWEN25_3B_CONFIG, budget_peak_gb, memory_budget
 from .policy import (
+    TINY_ARCH,
     ModelUnavailableError,
     compute_dtype,
     cpu_has_bf16,
     gpu_has_bf16,
     load_policy,
     load_tokenizer,
-    token_logprobs,
 )
 from .rollout import rollout
 from .train import train
@@ -82,17 +83,6 @@ CHECK_SIZES: dict[str, Any] = dict(
 TINY_SIZES: dict[str, Any] = dict(max_turns=2, max_tokens_per_turn=16, prompt_style="zero_shot")
 """And with `tiny`: fewer, shorter turns, so the CPU check (twice in the tests) takes seconds, not minutes.
 On a CPU `tiny` also computes in the dtype "auto" picks there: a CPU's fp16 is emulated, 5x slower."""
-
-TINY_ARCH: dict[str, Any] = dict(
-    model_type="qwen2",
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    tie_word_embeddings=True,
-)
-"""The `--tiny` model: Qwen2.5's family (grouped-query attention, q/k/v biases) at toy size."""
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "bm25s", "PyStemmer", "datasets")
 WEIGHTS = ("auto", "pretrained", "random")

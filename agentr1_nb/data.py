@@ -11,19 +11,26 @@ and the field, or has a documented fallback:
 
 - a file that is empty, not UTF-8, or not valid JSON (a list, an object with a "data" list, or JSON lines;
   a UTF-8 byte-order mark is accepted) is an error naming the file (and the line for JSON lines);
-- an `answer` that is null, empty or not a string / number is an error (a null never becomes the answer
-  "None"); null or empty *aliases* are dropped; an empty `question` is an error;
+- JSON lines are lines ended by a line feed only (U+2028, U+2029, U+0085 inside strings are text, not line ends);
+- JSON's non-standard constants NaN / Infinity / -Infinity, a number too large for a float (1e400) and an
+  integer of more than `records.MAX_INT_DIGITS` digits are errors naming the file and the line;
+- answers are strings: a number becomes its text only when it is finite and its text is at most
+  `MAX_NUMBER_CHARS` characters (else an error); an `answer` that is null, empty or not a string / number is
+  an error (a null never becomes the answer "None"); null or empty *aliases* are dropped; an empty
+  `question` is an error;
 - two items with the same id are an error naming both items (dropping one would silently change the set);
 - 2Wiki files are read item by item: an item with `context` is in the official format, one without it is a
   question/answer item, so a file mixing both keeps every item's passages;
-- MuSiQue items with `answerable: false` are skipped and counted (`read_musique`).
+- MuSiQue items with `answerable: false` are skipped and counted (`read_musique`); `answerable` and a
+  paragraph's `is_supporting` must be true or false, `question_decomposition` a list of objects whose
+  `paragraph_support_idx` is an integer or null: anything else is an error naming the item and the field.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import json
+import math
 import re
 import sys
 from collections.abc import Iterable
@@ -33,6 +40,7 @@ from typing import Any
 
 from .common import hub_reachable
 from .config import DATASETS, Config
+from .records import MAX_NUMBER_CHARS, DataFormatError, read_records
 
 SPLITS = ("train", "eval")
 
@@ -70,10 +78,6 @@ class QAExample:
         return self.answers[0] if self.answers else ""
 
 
-class DataFormatError(ValueError):
-    """A data file does not follow its format; the message names the file, the item and the field."""
-
-
 def passage_id(title: str, text: str) -> str:
     """Stable id of a passage: a short hash of its title and text (the same passage gets the same id)."""
     return hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:12]
@@ -96,61 +100,6 @@ def dedup_passages(passages: Iterable[Passage]) -> list[Passage]:
 
 
 # ====================================================================== reading files
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSON list, an object with a "data" list, or JSON lines; each must be a JSON object.
-
-    Errors name the file: missing, a folder, not UTF-8, empty, not valid JSON (with the line and column),
-    no records, or a record that is not an object.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise DataFormatError(f"{path}: is a folder, not a data file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        raw = path.read_bytes().decode("utf-8-sig")  # -sig: a leading byte-order mark is dropped
-    except UnicodeDecodeError as e:
-        raise DataFormatError(
-            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); convert it to UTF-8"
-        ) from None
-    stripped = raw.strip()
-    if not stripped:
-        raise DataFormatError(f"{path}: the file is empty")
-    records: Any
-    if stripped[0] in "[{":
-        try:
-            records = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            if stripped[0] == "[":
-                ends_early = e.pos >= len(stripped) or e.msg.startswith("Unterminated string")
-                cut = "; the file ends too early (truncated?)" if ends_early else ""
-                raise DataFormatError(
-                    f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}{cut}"
-                ) from None
-            records = None  # several objects: JSON lines
-        if isinstance(records, dict):  # a one-line JSON-lines file, or an object wrapping a "data" list
-            records = records["data"] if isinstance(records.get("data"), list) else [records]
-    else:
-        records = None
-    if records is None:
-        records = []
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataFormatError(
-                    f"{path}: line {lineno} is not valid JSON (column {e.colno}): {e.msg}"
-                ) from None
-    if not records:
-        raise DataFormatError(f"{path}: holds no records (an empty list)")
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise DataFormatError(f"{path}: item {i} is a {type(r).__name__}, expected a JSON object")
-    return records
 
 
 def _where(path: Path, i: int, rec: dict) -> str:
@@ -225,11 +174,31 @@ def _supporting_titles(path: Path, i: int, rec: dict, key: str = "supporting_fac
 
 
 def _answer_text(value: Any) -> str | None:
-    """The text of one answer (a string or a number), or None when it is null, empty or another type."""
+    """The text of one answer (a string, or a finite number whose text is at most `MAX_NUMBER_CHARS`
+    characters), or None when it is null, empty, another type, or a number that is not finite or sane."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, int) and abs(value) >= 10**MAX_NUMBER_CHARS:
+        return None
     text = str(value)
+    if not isinstance(value, str) and len(text) > MAX_NUMBER_CHARS:
+        return None
     return text if text.strip() else None
+
+
+def _answer_problem(a: Any) -> str:
+    """Why `_answer_text(a)` is None, for the error message."""
+    if a is None:
+        return "null"
+    if isinstance(a, str):
+        return "empty"
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return (
+            f"the number {str(a)[:20]}{'...' if len(str(a)) > 20 else ''}, which is not a finite, sane number"
+        )
+    return f"a {type(a).__name__}"
 
 
 def _answers(path: Path, i: int, rec: dict) -> list[str]:
@@ -243,7 +212,7 @@ def _answers(path: Path, i: int, rec: dict) -> list[str]:
     for a in golds:
         text = _answer_text(a)
         if text is None:
-            what = "null" if a is None else "empty" if isinstance(a, str) else f"a {type(a).__name__}"
+            what = _answer_problem(a)
             raise DataFormatError(
                 f"{_where(path, i, rec)}: field 'answer' is {what}; every question needs a non-empty gold "
                 "answer (a string or a number)"
@@ -389,29 +358,73 @@ def load_corpus_file(path: str | Path) -> list[Passage]:
     return dedup_passages(out)
 
 
+def _bool_field(path: Path, i: int, rec: dict, obj: dict, key: str, default: bool, where: str = "") -> bool:
+    """`obj[key]` when it is true or false (JSON booleans), `default` when absent or null; else an error."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise DataFormatError(
+            f"{_where(path, i, rec)}: field '{where}{key}' must be true or false, not {type(value).__name__} "
+            f"{value!r:.40}"
+        )
+    return value
+
+
+def _musique_paragraphs(path: Path, i: int, rec: dict) -> tuple[list[dict], dict[int, dict]]:
+    """`paragraphs` (objects with string `title` and `paragraph_text`) and the same by their `idx`."""
+    paras = _get(path, i, rec, "paragraphs", list)
+    by_idx: dict[int, dict] = {}
+    for j, p in enumerate(paras):
+        for key in ("title", "paragraph_text"):
+            if not isinstance(p, dict) or not isinstance(p.get(key), str):
+                raise DataFormatError(f"{_where(path, i, rec)}: paragraphs[{j}] has no string field '{key}'")
+        idx = p.get("idx", j)
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise DataFormatError(f"{_where(path, i, rec)}: paragraphs[{j}].idx is not an integer")
+        _bool_field(path, i, rec, p, "is_supporting", False, f"paragraphs[{j}].")
+        by_idx[idx] = p
+    return paras, by_idx
+
+
+def _musique_decomposition(path: Path, i: int, rec: dict) -> list[int | None]:
+    """The `paragraph_support_idx` of each step of `question_decomposition` (a list of objects; absent or
+    null: no steps)."""
+    decomp = rec.get("question_decomposition")
+    if decomp is None:
+        return []
+    if not isinstance(decomp, list):
+        raise DataFormatError(
+            f"{_where(path, i, rec)}: field 'question_decomposition' has type {type(decomp).__name__}, "
+            "expected a list of objects"
+        )
+    order = []
+    for j, d in enumerate(decomp):
+        if not isinstance(d, dict):
+            raise DataFormatError(
+                f"{_where(path, i, rec)}: question_decomposition[{j}] is a {type(d).__name__}, expected an object"
+            )
+        k = d.get("paragraph_support_idx")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+            raise DataFormatError(
+                f"{_where(path, i, rec)}: field 'question_decomposition[{j}].paragraph_support_idx' has type "
+                f"{type(k).__name__}, expected an integer or null"
+            )
+        order.append(k)
+    return order
+
+
 def parse_musique(path: Path, records: list[dict]) -> tuple[list[QAExample], int]:
     out, kept, skipped = [], [], 0
     for i, rec in enumerate(records):
-        if rec.get("answerable", True) is False:
+        if not _bool_field(path, i, rec, rec, "answerable", True):
             skipped += 1
             continue
-        paras = _get(path, i, rec, "paragraphs", list)
-        by_idx: dict[int, dict] = {}
-        for j, p in enumerate(paras):
-            for key in ("title", "paragraph_text"):
-                if not isinstance(p, dict) or not isinstance(p.get(key), str):
-                    raise DataFormatError(
-                        f"{_where(path, i, rec)}: paragraphs[{j}] has no string field '{key}'"
-                    )
-            idx = p.get("idx", j)
-            if isinstance(idx, bool) or not isinstance(idx, int):
-                raise DataFormatError(f"{_where(path, i, rec)}: paragraphs[{j}].idx is not an integer")
-            by_idx[idx] = p
-        decomp = rec.get("question_decomposition") or []
-        order = [d.get("paragraph_support_idx") for d in decomp if isinstance(d, dict)]
+        paras, by_idx = _musique_paragraphs(path, i, rec)
+        order = _musique_decomposition(path, i, rec)
         support = [by_idx[k]["title"] for k in order if k in by_idx]
         support += [p["title"] for p in paras if p.get("is_supporting")]
-        hops = len(decomp)
+        hops = len(order)
         out.append(
             QAExample(
                 id=str(_get(path, i, rec, "id")),

@@ -9,6 +9,8 @@ a process reward, done.
 builds the retriever and the tools once, and returns a `Task` whose `make_env()` gives a fresh `ToolEnv` per
 episode. Prompt texts live in `prompts.py`.
 
+Parsing the model's text into actions (and writing a tool call) lives in `actions.py`.
+
 Formats (Qwen's native function calling):
 - tool call: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; final answer ``<answer>...</answer>``.
 - The tools are offered through the tokenizer's chat template (`tools=`) when the template supports them
@@ -31,8 +33,10 @@ Episode rules (documented choices):
 - Malformed actions (empty, neither call nor answer, cut before a call or answer, invalid JSON, unknown tool,
   arguments failing the schema, extra calls) never raise: they give an error observation, reward
   `cfg.format_penalty` and set `env.tool_ok = False` (extra calls only penalise: the calls were valid).
-- A tool that raises or exceeds `cfg.tool_timeout_s` is reported to the model as an error but not
-  penalised: it is the tool's failure, not the policy's.
+- A tool that raises, exceeds `cfg.tool_timeout_s` or breaks `TOOL_CONTRACT` (a result whose `data` is not
+  a dict, or whose titles are not a list of strings) is reported to the model as an error but not
+  penalised: it is the tool's failure, not the policy's (a broken contract is also warned about).
+- `StepResult.info` is a `StepInfo` (a TypedDict: its keys and what each means are declared there).
 - The env counts turns: when turn `cfg.max_turns` ends without an answer it returns done=True with
   info["kind"] = "max_turns" (info["action_kind"] keeps what the action was). Calls in that last turn are
   validated (they count for `tool_ok`) but not executed, since the model could never read the result.
@@ -49,10 +53,18 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-import jsonschema
-
+from .actions import (
+    CALL_CLOSE,
+    STOP_STRINGS,
+    ParsedAction,
+    ParsedCall,
+    answer_well_formed,
+    format_call,
+    parse_action,
+    validate_call,
+)
 from .config import Config
 from .data import Passage, QAExample
 from .prompts import (
@@ -66,12 +78,6 @@ from .prompts import (
 from .retrieval import Retriever, build_retriever
 from .tools import Tool, ToolResult, cut, make_tools
 from .world import load_corpus, load_examples
-
-STOP_STRINGS = ("</tool_call>", "</answer>")
-"""The rollout stops a turn at these strings (and at eos)."""
-
-MAX_ANSWER_CHARS = 100
-"""A well-formed answer is shorter than this (the answer-format check of the paper's format score)."""
 
 _ACT = "@@AR1_ACTION@@"
 _SLOT = "@@AR1_SLOT{}@@"
@@ -91,15 +97,6 @@ def tools_system_text(tools: list[Tool]) -> str:
     """The tool description Qwen2.5's chat template appends to the system prompt, byte for byte."""
     lines = "".join("\n" + json.dumps(t.schema(), ensure_ascii=False) for t in tools)
     return QWEN_TOOLS_HEAD + lines + QWEN_TOOLS_TAIL
-
-
-def format_call(name: str, arguments: dict) -> str:
-    """A tool call exactly as Qwen2.5 writes one."""
-    return (
-        "<tool_call>\n"
-        + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-        + "\n</tool_call>"
-    )
 
 
 def tool_turn(content: str, native: bool) -> dict:
@@ -185,142 +182,72 @@ def encode_with_slots(tokenizer, template_text: str, slots: list[str]) -> list[i
     return ids
 
 
-# ---------------------------------------------------------------------------------------------- parsing
-@dataclass
-class ParsedCall:
-    """One ``<tool_call>`` block: its raw text and, when the JSON is good, name and arguments."""
-
-    raw: str
-    name: str | None = None
-    arguments: dict | None = None
-    error: str | None = None
-    closed: bool = True
-
-
-@dataclass
-class ParsedAction:
-    kind: str
-    """"tool_call" | "answer" | "no_action" | "empty"."""
-    calls: list[ParsedCall] = field(default_factory=list)
-    answer: str | None = None
-    answer_closed: bool = False
-    ignored_answer: bool = False
-    """An answer came after a tool call in the same turn (the call wins)."""
-
-
-_CALL_OPEN, _CALL_CLOSE = "<tool_call>", "</tool_call>"
-_ANS_OPEN, _ANS_CLOSE = "<answer>", "</answer>"
-_FENCE = "```"
-
-
-def strip_fence(body: str) -> str:
-    """The inside of a Markdown code fence (```` ```json ... ``` ````) around a whole stripped body, else the
-    body. String methods only: the backtracking regex this replaces took seconds on a fence followed by a
-    few thousand spaces (issue #14), and every model output must parse in time linear in its length."""
-    if len(body) >= 2 * len(_FENCE) and body.startswith(_FENCE) and body.endswith(_FENCE):
-        inner = body[len(_FENCE) : -len(_FENCE)]
-        return inner.removeprefix("json").strip()
-    return body
-
-
-def parse_call_json(raw: str) -> ParsedCall:
-    """Parse the JSON inside one ``<tool_call>`` block. Never raises; problems go to `.error`."""
-    body = strip_fence(raw.strip())
-    if not body:
-        return ParsedCall(raw, error="the tool call is empty")
-    try:
-        obj, end = json.JSONDecoder().raw_decode(body)
-    except json.JSONDecodeError as e:
-        hint = " (use double quotes for keys and strings)" if "'" in body else ""
-        return ParsedCall(raw, error=f"invalid JSON in tool call{hint}: {e.msg} at position {e.pos}")
-    except (RecursionError, ValueError) as e:
-        return ParsedCall(raw, error=f"invalid JSON in tool call: {type(e).__name__}")
-    if body[end:].strip():
-        return ParsedCall(raw, error="extra text after the JSON object in the tool call")
-    if not isinstance(obj, dict):
-        return ParsedCall(raw, error='the tool call must be a JSON object {"name": ..., "arguments": {...}}')
-    name = obj.get("name")
-    if not isinstance(name, str) or not name:
-        return ParsedCall(raw, error='the tool call needs a "name" string')
-    if "arguments" not in obj:
-        return ParsedCall(raw, name=name, error='the tool call needs an "arguments" object')
-    args = obj["arguments"]
-    if isinstance(args, str):  # OpenAI style: arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except (ValueError, RecursionError):
-            pass
-    if not isinstance(args, dict):
-        return ParsedCall(raw, name=name, error='"arguments" must be a JSON object')
-    extra = sorted(set(obj) - {"name", "arguments"})
-    if extra:
-        return ParsedCall(raw, name=name, error=f"unexpected keys {extra} in the tool call")
-    return ParsedCall(raw, name=name, arguments=args)
-
-
-def parse_action(text: str) -> ParsedAction:
-    """Find the answer or the tool calls in one turn's text. Never raises.
-
-    Calls are ``<tool_call>...</tool_call>`` blocks; an unclosed last block (the turn was cut) is parsed too.
-    """
-    if not text.strip():
-        return ParsedAction("empty")
-    a = text.find(_ANS_OPEN)
-    c = text.find(_CALL_OPEN)
-    if a >= 0 and (c < 0 or a < c):
-        start = a + len(_ANS_OPEN)
-        end = text.find(_ANS_CLOSE, start)
-        if end < 0:
-            return ParsedAction("answer", answer=text[start:].strip(), answer_closed=False)
-        return ParsedAction("answer", answer=text[start:end].strip(), answer_closed=True)
-    if c < 0:
-        return ParsedAction("no_action")
-    calls = []
-    pos = c
-    while pos >= 0:
-        start = pos + len(_CALL_OPEN)
-        end = text.find(_CALL_CLOSE, start)
-        if end < 0:
-            call = parse_call_json(text[start:])
-            call.closed = False
-            calls.append(call)
-            break
-        calls.append(parse_call_json(text[start:end]))
-        pos = text.find(_CALL_OPEN, end + len(_CALL_CLOSE))
-    return ParsedAction("tool_call", calls=calls, ignored_answer=a > c)
-
-
-def validate_call(call: ParsedCall, tools: dict[str, Tool]) -> str | None:
-    """The error of a parsed call against the known tools and their schemas, or None when it is valid."""
-    if call.error:
-        return call.error
-    if call.name not in tools:
-        return f"unknown tool {call.name!r}; available tools: {', '.join(tools) or 'none'}"
-    try:
-        jsonschema.validate(call.arguments, tools[call.name].parameters)
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.path)
-        return f"invalid arguments for {call.name}: {e.message}" + (f" (at {where})" if where else "")
-    except Exception as e:  # a broken schema or pathological arguments
-        return f"invalid arguments for {call.name}: {type(e).__name__}"
-    return None
-
-
-def answer_well_formed(answer: str | None, closed: bool) -> bool:
-    """The answer-format check: a closed <answer> tag with a short, non-empty answer and no markup."""
-    return (
-        answer is not None
-        and closed
-        and 0 < len(answer) < MAX_ANSWER_CHARS
-        and re.search(r"</?[A-Za-z_]+>", answer) is None
-    )
-
-
 def _norm_title(t: str) -> str:
     return " ".join(str(t).lower().split())
 
 
 # ---------------------------------------------------------------------------------------------- env
+class _CallRecordKeys(TypedDict):
+    """The keys every `CallRecord` has."""
+
+    tool: str | None
+    args: dict | None
+    error: str | None
+    """Why the call was refused (parse / schema) or failed (tool error, timeout); None when it ran well."""
+    titles: list[str]
+    """Passage titles the tool showed (the search tool's `data["titles"]`)."""
+    new_supporting: list[str]
+    """Those titles that are supporting passages seen for the first time in the episode."""
+
+
+class CallRecord(_CallRecordKeys, total=False):
+    """One tool call of a turn, as `StepInfo["calls"]` lists them (`ok` only when the call was executed)."""
+
+    ok: bool
+    """`ToolResult.ok`."""
+
+
+class _StepInfoKeys(TypedDict):
+    """The keys every `StepInfo` has."""
+
+    kind: str
+    """"answer" | "tool_call" | "no_action" | "empty" | "too_long" | "max_turns" | "after_done"."""
+    tool: str | None
+    """The first call's tool name (None when the turn made no call)."""
+    args: dict | None
+    """The first call's arguments."""
+    error: str | None
+    """The errors of the turn, joined with "; " (None when there was none)."""
+    new_supporting: list[str]
+    titles: list[str]
+    reward: float
+    """The step's reward (= `StepResult.reward`)."""
+    calls: list[CallRecord]
+    ignored_calls: int
+    """Calls past `cfg.max_calls_per_turn`, not run."""
+
+
+class StepInfo(_StepInfoKeys, total=False):
+    """What `ToolEnv.step` reports besides the observation and the reward (`StepResult.info`).
+
+    The rollout copies it into each turn of a trajectory; evaluation, viz and the notebooks read it. The keys
+    of `_StepInfoKeys` are always there; the ones below only where they apply.
+    """
+
+    cut: bool
+    """The turn hit `cfg.max_tokens_per_turn` before a stop string or eos."""
+    ended_eos: bool
+    """The action's last token was an end-of-turn token."""
+    answer: str | None
+    """The answer text, when the turn answered."""
+    ignored_answer: bool
+    """A tool-call turn also held an answer after the call (the call wins)."""
+    action_kind: str
+    """With kind "max_turns": what the last action was."""
+    obs_text: str
+    """The observation as rendered text, scaffolding included (when the episode goes on)."""
+
+
 @dataclass
 class StepResult:
     observation: str
@@ -331,7 +258,7 @@ class StepResult:
     reward: float
     """Process reward of this step (format penalty included); the outcome reward is computed elsewhere."""
     done: bool
-    info: dict
+    info: StepInfo
 
 
 class ToolEnv:
@@ -399,8 +326,7 @@ class ToolEnv:
             and len(action_ids) >= self.cfg.max_tokens_per_turn
             and not text.rstrip().endswith(STOP_STRINGS)
         )
-        turn = len(self.turns) + 1
-        last_turn = turn >= self.cfg.max_turns
+        last_turn = len(self.turns) + 1 >= self.cfg.max_turns
         self.messages.append({"role": "assistant", "content": text})
 
         parsed = parse_action(text)
@@ -416,57 +342,10 @@ class ToolEnv:
             info["answer"] = parsed.answer
             self.done = True
         elif parsed.kind == "tool_call":
-            info["ignored_answer"] = parsed.ignored_answer
-            n = max(1, int(self.cfg.max_calls_per_turn))
-            run, extra = parsed.calls[:n], parsed.calls[n:]
-            first = run[0]
-            info["tool"], info["args"] = first.name, first.arguments
-            errors, contents = [], []
-            for call in run:
-                err = validate_call(call, self.tools)
-                if err is None and not call.closed and not cut_off:
-                    err = f"the tool call is missing {_CALL_CLOSE}"
-                rec = {
-                    "tool": call.name,
-                    "args": call.arguments,
-                    "error": err,
-                    "titles": [],
-                    "new_supporting": [],
-                }
-                if err is not None:
-                    malformed = True
-                    errors.append(err)
-                    contents.append(self._error_text(err))
-                elif not last_turn:
-                    content = self._execute(call, rec)
-                    contents.append(content)
-                info["calls"].append(rec)
-            if extra:
-                info["ignored_calls"] = len(extra)
-                reward += self.cfg.format_penalty
-                note = f"(Only the first {n} tool call(s) per turn are run; {len(extra)} more ignored.)"
-                contents = contents[:-1] + [contents[-1] + "\n" + note] if contents else [note]
-            info["error"] = "; ".join(errors) or next((c["error"] for c in info["calls"] if c["error"]), None)
-            info["titles"] = [t for c in info["calls"] for t in c["titles"]]
-            info["new_supporting"] = [t for c in info["calls"] for t in c["new_supporting"]]
-            new_msgs = [tool_turn(c, self.native_tools) for c in contents]
-            if (
-                not self.native_tools and len(new_msgs) > 1
-            ):  # one user turn holding every response, as Qwen does
-                new_msgs = [{"role": "user", "content": "\n".join(m["content"] for m in new_msgs)}]
+            contents, new_msgs, malformed, reward = self._tool_calls(parsed, info, cut_off, last_turn)
         else:
             malformed = True
-            if parsed.kind == "no_action" and cut_off:
-                info["kind"] = "too_long"
-                err = (
-                    f"your reply was cut at {self.cfg.max_tokens_per_turn} tokens before a tool call or an "
-                    "answer; keep replies short"
-                )
-            elif parsed.kind == "empty":
-                err = "empty reply"
-            else:
-                err = "no tool call or answer found"
-            info["error"] = err
+            info["error"] = err = self._no_action_error(parsed.kind, cut_off, info)
             contents = [self._error_text(err)]
             new_msgs = [{"role": "user", "content": contents[0]}]
 
@@ -491,9 +370,55 @@ class ToolEnv:
         self.turns.append({"action_text": text, "observation": observation, "reward": reward, "info": info})
         return StepResult(observation, obs_ids, reward, self.done, info)
 
+    def _tool_calls(
+        self, parsed: ParsedAction, info: StepInfo, cut_off: bool, last_turn: bool
+    ) -> tuple[list[str], list[dict], bool, float]:
+        """Validate the turn's calls and run the first `cfg.max_calls_per_turn` of them (none in the last
+        turn); fill `info`. Returns (contents for the model, observation messages, malformed, reward)."""
+        info["ignored_answer"] = parsed.ignored_answer
+        n = max(1, int(self.cfg.max_calls_per_turn))
+        run, extra = parsed.calls[:n], parsed.calls[n:]
+        info["tool"], info["args"] = run[0].name, run[0].arguments
+        errors: list[str] = []
+        contents: list[str] = []
+        reward = 0.0
+        for call in run:
+            err = validate_call(call, self.tools)
+            if err is None and not call.closed and not cut_off:
+                err = f"the tool call is missing {CALL_CLOSE}"
+            rec = CallRecord(tool=call.name, args=call.arguments, error=err, titles=[], new_supporting=[])
+            if err is not None:
+                errors.append(err)
+                contents.append(self._error_text(err))
+            elif not last_turn:
+                contents.append(self._execute(call, rec))
+            info["calls"].append(rec)
+        if extra:
+            info["ignored_calls"] = len(extra)
+            reward += self.cfg.format_penalty
+            note = f"(Only the first {n} tool call(s) per turn are run; {len(extra)} more ignored.)"
+            contents = contents[:-1] + [contents[-1] + "\n" + note] if contents else [note]
+        info["error"] = "; ".join(errors) or next((c["error"] for c in info["calls"] if c["error"]), None)
+        info["titles"] = [t for c in info["calls"] for t in c["titles"]]
+        info["new_supporting"] = [t for c in info["calls"] for t in c["new_supporting"]]
+        new_msgs = [tool_turn(c, self.native_tools) for c in contents]
+        if not self.native_tools and len(new_msgs) > 1:  # one user turn holding every response, as Qwen does
+            new_msgs = [{"role": "user", "content": "\n".join(m["content"] for m in new_msgs)}]
+        return contents, new_msgs, bool(errors), reward
+
+    def _no_action_error(self, kind: str, cut_off: bool, info: StepInfo) -> str:
+        """The error told the model for a turn with neither a call nor an answer."""
+        if kind == "no_action" and cut_off:
+            info["kind"] = "too_long"
+            return (
+                f"your reply was cut at {self.cfg.max_tokens_per_turn} tokens before a tool call or an "
+                "answer; keep replies short"
+            )
+        return "empty reply" if kind == "empty" else "no tool call or answer found"
+
     # ------------------------------------------------------------------ helpers
-    def _info(self, kind: str, **kw) -> dict:
-        info = {
+    def _info(self, kind: str, **kw) -> StepInfo:
+        info: StepInfo = {
             "kind": kind,
             "tool": None,
             "args": None,
@@ -512,7 +437,7 @@ class ToolEnv:
         example = '{"name": "' + name + '", "arguments": {...}}'
         return f"Error: {err}. Call a tool as <tool_call>{example}</tool_call> or answer as <answer>...</answer>."
 
-    def _execute(self, call: ParsedCall, rec: dict) -> str:
+    def _execute(self, call: ParsedCall, rec: CallRecord) -> str:
         """Run one validated call with a time limit; fill `rec` and return the content for the model."""
         result, err = run_with_timeout(self.tools[call.name], call.arguments, self.cfg.tool_timeout_s)
         if call.name == "search":
@@ -619,9 +544,35 @@ def run_with_timeout(tool: Tool, args: dict, timeout_s: float) -> tuple[ToolResu
         e = box["exc"]
         return None, f"tool {tool.name} failed: {type(e).__name__}: {e}"
     result = box.get("result")
-    if not isinstance(result, ToolResult):
-        return None, f"tool {tool.name} returned {type(result).__name__}, not a ToolResult"
+    broken = tool_result_error(result)
+    if broken is not None:
+        msg = f"tool {tool.name!r} broke its contract: {broken}"
+        warnings.warn(f"{msg} (the call is reported to the model as a failed tool call)", stacklevel=2)
+        return None, msg
     return result, None
+
+
+TOOL_CONTRACT = (
+    "execute(args) returns a ToolResult whose `data` is a dict, and whose data['titles'], when present, "
+    "is a list of strings"
+)
+"""What `ToolEnv` relies on in a tool's result (the search tool's titles feed the process reward)."""
+
+
+def tool_result_error(result: Any) -> str | None:
+    """How `result` breaks `TOOL_CONTRACT`, or None when it keeps it.
+
+    A tool is user code: a result that breaks the contract is reported to the model as a failed call (not
+    penalised, like a tool that raises) and warned about, never raised in the middle of a rollout.
+    """
+    if not isinstance(result, ToolResult):
+        return f"it returned {type(result).__name__}, not a ToolResult ({TOOL_CONTRACT})"
+    if result.data is not None and not isinstance(result.data, dict):
+        return f"ToolResult.data is {type(result.data).__name__}, not a dict ({TOOL_CONTRACT})"
+    titles = (result.data or {}).get("titles", [])
+    if not isinstance(titles, (list, tuple)) or not all(isinstance(t, str) for t in titles):
+        return f"ToolResult.data['titles'] is not a list of strings ({TOOL_CONTRACT})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- the task

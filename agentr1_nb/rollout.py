@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
+from .actions import STOP_STRINGS
 from .config import Config
 from .data import QAExample
-from .env import STOP_STRINGS
 from .kvcache import HiddenProbe, KVBatch
-from .policy import decoder_layers
+from .logprobs import decoder_layers
 
 
 @dataclass

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .actions import format_call
 from .config import Config
 from .env import Task
-from .policy import token_logprobs
+from .logprobs import token_logprobs
 
 
 def gold_episode(example, env, tokenizer) -> tuple[list[int], list[int]]:
@@ -28,10 +29,7 @@ def gold_episode(example, env, tokenizer) -> tuple[list[int], list[int]]:
     """
     ids = list(env.reset(example))
     mask = [0] * len(ids)
-    actions = [
-        '<tool_call>\n{"name": "search", "arguments": {"query": "' + title + '"}}\n</tool_call>'
-        for title in example.supporting_titles
-    ]
+    actions = [format_call("search", {"query": title}) for title in example.supporting_titles]
     actions.append(f"<answer>{example.answer}</answer>")
     for text in actions:
         a = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -74,7 +74,8 @@ from .common import (
 )
 from .config import Config
 from .env import Task, build_task
-from .policy import compute_dtype, final_hidden, load_policy, reference, token_logprobs, trunk_layer
+from .logprobs import final_hidden, token_logprobs, trunk_layer
+from .policy import compute_dtype, load_policy, reference
 from .rewards import score_trajectory, token_rewards
 from .rollout import episode_stats, rollout
 

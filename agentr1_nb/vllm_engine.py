@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from .actions import STOP_STRINGS
 from .config import Config
-from .env import STOP_STRINGS
 from .rollout import Row, StopChecker, Trajectory, eos_ids, start_rows, step_envs
 
 

@@ -111,8 +111,27 @@ def generate_world(
     `n_distractors` others, shuffled.
     """
     rng = random.Random(seed)
+    ent, people, companies, cities = _entities(rng, max(4, n_people))
+    passages = [make_passage(n, passage_text(n, ent[n])) for n in ent]
+
+    pools = _question_pools(ent, people, companies, cities, rng)
+    weights = _kind_weights(kinds)
+    quotas = _quotas(weights, {k: len(pools[k]) for k in weights}, n_questions)
+    chosen = []
+    for kind in KINDS:
+        chosen += [(kind, q) for q in pools.get(kind, [])[: quotas.get(kind, 0)]]
+    rng.shuffle(chosen)
+    questions = _examples(seed, chosen, passages, n_distractors, rng)
+    return World(seed=seed, entities=ent, passages=passages, questions=questions)
+
+
+def _entities(rng: random.Random, n_people: int) -> tuple[dict[str, dict[str, Any]], list, list, list]:
+    """The entities of a world (name -> attributes) and the names of its people, companies and cities.
+
+    Sizes: 2/3 as many companies as people (each founded by a different person); a quarter as many cities;
+    a third as many countries as cities. Every draw comes from `rng`, in a fixed order.
+    """
     names = _Names(rng)
-    n_people = max(4, n_people)
     n_companies = max(2, n_people * 2 // 3)
     n_cities = max(2, n_people // 4)
     n_countries = max(2, n_cities // 3)
@@ -146,31 +165,27 @@ def generate_world(
             hq=rng.choice(cities),
             product=rng.choice(_PRODUCTS),
         )
+    return ent, people, companies, cities
 
-    def text(name: str) -> str:
-        e = ent[name]
-        if e["type"] == "person":
-            return f"{name} is a {e['profession']}. {name} was born in {e['born_year']} in the city of {e['born_in']}."
-        if e["type"] == "company":
-            return (
-                f"{name} is a company that makes {e['product']}. It was founded in {e['founded']} by "
-                f"{e['founder']} and is based in the city of {e['hq']}."
-            )
-        if e["type"] == "city":
-            return f"{name} is a city in the country of {e['country']}."
-        return f"{name} is a country. Its capital is the city of {e['capital']}."
 
-    passages = [make_passage(n, text(n)) for n in ent]
+def passage_text(name: str, e: dict[str, Any]) -> str:
+    """The passage of entity `name` with attributes `e`: 1-2 templated sentences (< 300 characters)."""
+    if e["type"] == "person":
+        return f"{name} is a {e['profession']}. {name} was born in {e['born_year']} in the city of {e['born_in']}."
+    if e["type"] == "company":
+        return (
+            f"{name} is a company that makes {e['product']}. It was founded in {e['founded']} by "
+            f"{e['founder']} and is based in the city of {e['hq']}."
+        )
+    if e["type"] == "city":
+        return f"{name} is a city in the country of {e['country']}."
+    return f"{name} is a country. Its capital is the city of {e['capital']}."
+
+
+def _examples(seed: int, chosen: list, passages: list[Passage], n_distractors: int, rng) -> list[QAExample]:
+    """The chosen (kind, (question, answer, support)) as `QAExample`s, each with its supporting passages
+    and `n_distractors` others as its context, shuffled."""
     by_title = {p.title: p for p in passages}
-
-    pools = _question_pools(ent, people, companies, cities, rng)
-    weights = _kind_weights(kinds)
-    quotas = _quotas(weights, {k: len(pools[k]) for k in weights}, n_questions)
-    chosen = []
-    for kind in KINDS:
-        chosen += [(kind, q) for q in pools.get(kind, [])[: quotas.get(kind, 0)]]
-    rng.shuffle(chosen)
-
     questions = []
     for i, (kind, (question, answer, support)) in enumerate(chosen):
         others = [p for p in passages if p.title not in support]
@@ -188,7 +203,7 @@ def generate_world(
                 context=ctx,
             )
         )
-    return World(seed=seed, entities=ent, passages=passages, questions=questions)
+    return questions
 
 
 def _question_pools(ent, people, companies, cities, rng) -> dict[str, list[tuple[str, str, list[str]]]]:

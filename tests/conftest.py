@@ -30,18 +30,18 @@ def tokenizer(cpu_default_dir):
 
 def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, dtype=torch.float32):
     """A tiny random Llama (same architecture family as SmolLM2) for fast unit tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from agentr1_nb.policy import tiny_model_config
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
+    cfg = tiny_model_config(
+        vocab_size,
+        "llama",
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(cfg).to(dtype).eval()
 

@@ -425,7 +425,7 @@ def test_batch_layout_matches_token_logprobs_and_a_grpo_step_moves_the_policy(ti
     """End to end on the tiny LoRA model: the rollout's log-probs (index t in token_ids) land where
     `policy.token_logprobs` of the right-padded batch puts them (column t-1), and GRPO steps on the batch
     raise the log-prob of the better trajectory's actions and lower the worse one's."""
-    from agentr1_nb.policy import token_logprobs
+    from agentr1_nb.logprobs import token_logprobs
 
     torch.manual_seed(0)
     trajs = [

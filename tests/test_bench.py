@@ -8,7 +8,7 @@ from test_rollout import EnvFactory, cfg, examples
 
 from agentr1_nb import bench
 from agentr1_nb.config import Config
-from agentr1_nb.policy import token_logprobs
+from agentr1_nb.logprobs import token_logprobs
 
 
 def test_info_reports_versions_and_device(cpu_default_dir):

@@ -359,3 +359,111 @@ def test_real_2wiki_sample(shared_data, monkeypatch):
     assert all(set(e.supporting_titles) <= titles for e in with_titles)
     with pytest.raises(RuntimeError, match="no local"):
         load_examples(cfg.replace(dataset="2wiki"), "train")
+
+
+# ------------------------------------------------------------------------------------ line ends and numbers
+def test_json_lines_split_on_newlines_only(tmp_path):
+    """U+2028, U+2029 and U+0085 are valid inside JSON strings; str.splitlines() would cut a record there."""
+    qs = ["Who\u2028is A?", "Where\u2029is B?", "What\u0085is C?"]
+    lines = [
+        json.dumps({"id": str(i), "question": q, "answer": "x"}, ensure_ascii=False) for i, q in enumerate(qs)
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\r\n".join(lines) + "\n", encoding="utf-8")
+    exs = load_qa_jsonl(path, "2wiki")
+    assert [e.question for e in exs] == qs
+    musique = json.loads((FIX / "musique.jsonl").read_text().splitlines()[0])
+    musique["paragraphs"][0]["paragraph_text"] = "A city\u2028on the coast."
+    (tmp_path / "mq.jsonl").write_text(json.dumps(musique, ensure_ascii=False) + "\n", encoding="utf-8")
+    (ex,), _ = read_musique(tmp_path / "mq.jsonl")
+    assert ex.context[0].text == "A city\u2028on the coast."
+
+
+@pytest.mark.parametrize(
+    "answer, what",
+    [
+        ("NaN", "constant NaN"),
+        ("Infinity", "constant Infinity"),
+        ("-Infinity", "constant -Infinity"),
+        ("1e400", "1e400 is out of range"),
+        ("7" * 5000, "integer of 5000 digits"),
+    ],
+)
+def test_non_finite_or_huge_numbers_are_an_error_naming_file_and_line(tmp_path, answer, what):
+    for name, line, text in [
+        ("qa.jsonl", 2, '{"id": "a", "question": "Q?", "answer": "x"}\n{"id": "b", "question": "Q?", "answer": ' + answer + "}\n"),
+        ("qa.json", 3, '[\n{"id": "a", "question": "Q?", "answer": "x"},\n{"id": "b", "question": "Q?", "answer": ' + answer + "}\n]\n"),
+    ]:  # fmt: skip
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataFormatError, match=rf"{name}: line {line}: .*{what}") as e:
+            load_qa_jsonl(tmp_path / name, "2wiki")
+        assert "\n" not in str(e.value)
+
+
+def test_nan_inside_a_string_is_text(tmp_path):
+    path = tmp_path / "qa.json"
+    path.write_text('[{"id": "a", "question": "Is NaN or Infinity a number?", "answer": "NaN"}]')
+    assert load_qa_jsonl(path, "2wiki")[0].answers == ["NaN"]
+
+
+def test_numeric_answers_become_their_text_when_finite_and_sane(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    rows = [{"id": "a", "question": "Q?", "answer": 1887}, {"id": "b", "question": "Q?", "answer": 2.5}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert [e.answers for e in load_qa_jsonl(path, "2wiki")] == [["1887"], ["2.5"]]
+    path.write_text(json.dumps({"id": "c", "question": "Q?", "answer": int("9" * 60)}))
+    with pytest.raises(
+        DataFormatError, match=r"qa\.jsonl: item 0 \(id 'c'\): field 'answer' is the number 9+\.\.\."
+    ):
+        load_qa_jsonl(path, "2wiki")
+
+
+def test_hub_rows_with_non_finite_answers_are_refused():
+    """Rows from the hub never pass through the JSON reader: the answer check itself refuses NaN."""
+    from agentr1_nb.data import parse_2wiki
+
+    rows = [{"id": "a", "question": "Q?", "answer": float("nan")}]
+    with pytest.raises(DataFormatError, match=r"item 0 \(id 'a'\): field 'answer' is the number nan"):
+        parse_2wiki(Path("<hub>"), rows)
+
+
+# ------------------------------------------------------------------------------------ MuSiQue field types
+def _musique_row(**changes):
+    row = json.loads((FIX / "musique.jsonl").read_text().splitlines()[0])
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(question_decomposition=3), "'question_decomposition' has type int"),
+        (dict(question_decomposition="abc"), "'question_decomposition' has type str"),
+        (dict(question_decomposition=[1, 2]), r"question_decomposition\[0\] is a int"),
+        (dict(question_decomposition=[{"paragraph_support_idx": [1]}]), r"question_decomposition\[0\]\.paragraph_support_idx' has type list"),
+        (dict(question_decomposition=[{"paragraph_support_idx": "1"}]), "paragraph_support_idx' has type str"),
+        (dict(answerable="false"), "'answerable' must be true or false, not str 'false'"),
+        (dict(answerable=0), "'answerable' must be true or false, not int"),
+    ],
+)  # fmt: skip
+def test_musique_fields_of_the_wrong_type_are_errors(tmp_path, changes, field):
+    path = tmp_path / "mq.jsonl"
+    path.write_text(json.dumps(_musique_row(**changes)) + "\n")
+    with pytest.raises(DataFormatError, match=rf"mq\.jsonl: item 0 \(id '2hop__1_2'\): .*{field}"):
+        read_musique(path)
+
+
+def test_musique_is_supporting_must_be_a_boolean(tmp_path):
+    row = _musique_row()
+    row["paragraphs"][0]["is_supporting"] = "false"
+    path = tmp_path / "mq.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataFormatError, match=r"'paragraphs\[0\]\.is_supporting' must be true or false"):
+        read_musique(path)
+
+
+def test_musique_null_fields_keep_their_defaults(tmp_path):
+    path = tmp_path / "mq.jsonl"
+    path.write_text(json.dumps(_musique_row(answerable=None, question_decomposition=None)) + "\n")
+    (ex,), skipped = read_musique(path)
+    assert skipped == 0 and ex.hops == 0 and ex.supporting_titles  # from is_supporting alone

@@ -9,18 +9,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agentr1_nb.actions import STOP_STRINGS, format_call, parse_action, strip_fence
 from agentr1_nb.config import Config
 from agentr1_nb.data import Passage, QAExample
 from agentr1_nb.env import (
-    STOP_STRINGS,
+    TOOL_CONTRACT,
+    CallRecord,
+    StepInfo,
     StepResult,
     Task,
     ToolEnv,
     build_prompt_messages,
     build_task,
-    parse_action,
     render_chat,
-    strip_fence,
     tools_system_text,
 )
 from agentr1_nb.prompts import AGENT_FEW_SHOT_QUESTION, RAG_FEW_SHOT_QUESTION
@@ -522,3 +523,99 @@ def test_strip_fence_does_what_the_regex_did(body):
     body = body.strip()  # parse_call_json strips before looking for a fence
     m = _OLD_FENCE.match(body)
     assert strip_fence(body) == (m.group(1) if m else body)
+
+
+# ------------------------------------------------------------------------------------------------ StepInfo
+def _assert_declared_keys(info: dict) -> None:
+    declared, required = set(StepInfo.__annotations__), set(StepInfo.__required_keys__)
+    assert required <= set(info) <= declared, (set(info) - declared, required - set(info))
+    for rec in info["calls"]:
+        assert set(CallRecord.__required_keys__) <= set(rec) <= set(CallRecord.__annotations__)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        [call(query="alpha beta"), "<answer>Beta</answer>"],
+        [call(query="a") + call(query="b") + call(query="c")],
+        ["", "no idea", "<tool_call>{bad", call("nope"), call(query=5)],
+        [call(query="alpha") + "<answer>x</answer>", call(query="beta"), call(query="gamma"), "after"],
+    ],
+)
+def test_step_info_keys_are_exactly_the_declared_ones(tokenizer, texts):
+    env = make_env(tokenizer, max_turns=3)
+    kinds = set()
+    for text in texts:
+        res = env.step(enc(tokenizer, text))
+        _assert_declared_keys(res.info)
+        kinds.add(res.info["kind"])
+        if res.done:
+            after = env.step(enc(tokenizer, "more"))
+            assert after.info["kind"] == "after_done"
+            _assert_declared_keys(after.info)
+            break
+    assert kinds  # each case took at least one step
+
+
+def test_step_info_declares_every_key_the_env_writes(tokenizer):
+    """Over all kinds of turns, every declared key shows up somewhere (none is dead)."""
+    seen: set[str] = set()
+    cases = [
+        [call(query="alpha beta"), "<answer>Beta</answer>"],
+        [call(query="alpha") + "<answer>x</answer>", "hi", call(query="gamma")],
+        ["x" * 400],
+    ]
+    for texts in cases:
+        env = make_env(tokenizer, max_turns=3, max_tokens_per_turn=8)
+        for text in texts:
+            res = env.step(enc(tokenizer, text))
+            seen |= set(res.info)
+            if res.done:
+                break
+    assert seen == set(StepInfo.__annotations__)
+
+
+# ------------------------------------------------------------------------------------------------ tool contract
+class BrokenTool(Tool):
+    name = "broken"
+    description = "Breaks the ToolResult contract."
+    parameters = {"type": "object", "properties": {}}
+
+    def __init__(self, result):
+        self.result = result
+
+    def execute(self, args):
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result, what",
+    [
+        (ToolResult(True, "x", data=["Alpha"]), "ToolResult.data is list"),
+        (ToolResult(True, "x", data={"titles": "Alpha"}), "data['titles']"),
+        (ToolResult(True, "x", data={"titles": [1, 2]}), "data['titles']"),
+        (ToolResult(True, "x", data={"titles": None}), "data['titles']"),
+        (None, "returned NoneType"),
+        ({"ok": True}, "returned dict"),
+    ],
+)
+def test_tool_breaking_its_contract_is_a_reported_failure(tokenizer, result, what):
+    env = make_env(tokenizer, tools=[BrokenTool(result)])
+    with pytest.warns(UserWarning, match="'broken' broke its contract"):
+        res = env.step(enc(tokenizer, call("broken")))
+    assert not res.done and res.reward == 0.0 and env.tool_ok  # the tool's failure, not the policy's
+    err = res.info["error"]
+    assert "'broken' broke its contract" in err and what in err and TOOL_CONTRACT in err
+    assert err in res.observation and res.info["calls"][0]["titles"] == []
+
+
+def test_tool_keeping_its_contract_with_no_data_is_fine(tokenizer):
+    env = make_env(tokenizer, tools=[BrokenTool(ToolResult(True, "fine", data=None))])
+    res = env.step(enc(tokenizer, call("broken")))
+    assert res.info["error"] is None and "fine" in res.observation
+
+
+def test_format_call_is_what_parse_action_reads():
+    text = format_call("search", {"query": 'a "quoted" \\ title'})
+    parsed = parse_action(text)
+    assert parsed.kind == "tool_call" and parsed.calls[0].arguments == {"query": 'a "quoted" \\ title'}

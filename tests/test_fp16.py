@@ -20,7 +20,8 @@ from agentr1_nb import algos
 from agentr1_nb import train as train_mod
 from agentr1_nb.config import Config, get_config
 from agentr1_nb.env import build_task
-from agentr1_nb.policy import _quantization_kwargs, compute_in_fp32, load_policy, token_logprobs
+from agentr1_nb.logprobs import token_logprobs
+from agentr1_nb.policy import _quantization_kwargs, compute_in_fp32, load_policy, tiny_model_config
 
 TINY = TINY_RUN + [
     "minibatch_size=4",
@@ -147,20 +148,10 @@ def _tiny_qwen2(folder, tokenizer, overflow: bool = False):
     """A tiny random Qwen2 (Qwen2.5's architecture) saved with the SmolLM2 tokenizer. `overflow` scales the
     first MLP so that gate x up passes the fp16 maximum (as Qwen2.5's early MLPs do) while its output, after
     the down projection, stays in range."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    cfg = tiny_model_config(len(tokenizer), max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
     model = Qwen2ForCausalLM(cfg)
     if overflow:
         mlp = model.model.layers[0].mlp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import warnings
@@ -10,18 +11,17 @@ import pytest
 import torch
 from conftest import make_tiny_model, tiny_lora_policy
 
-from agentr1_nb import policy
+from agentr1_nb import logprobs, policy
 from agentr1_nb.bench import token_logprobs_naive
 from agentr1_nb.config import Config, get_config
+from agentr1_nb.logprobs import final_hidden, token_logprobs
 from agentr1_nb.memory import NF4_BYTES_PER_PARAM, lora_param_count
 from agentr1_nb.policy import (
     ModelUnavailableError,
     _folder_is_complete,
     cpu_default_model_dir,
-    final_hidden,
     load_policy,
     reference,
-    token_logprobs,
 )
 
 
@@ -214,7 +214,7 @@ def test_logprobs_at_positions_equal_the_full_ones_with_grad(chunk):
     _perturb_lora(model, scale=0.1)
     ids, mask = _padded_batch(300)
     pos = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) > 0.4  # (B, T-1)
-    keep = pos & policy.valid_targets(mask)
+    keep = pos & logprobs.valid_targets(mask)
 
     full, ent_full = token_logprobs(model, ids, mask, chunk=chunk, temperature=0.7, with_entropy=True)
     ((full * keep).sum() + 0.1 * (ent_full * keep).sum()).backward()
@@ -261,20 +261,20 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
     model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     _perturb_lora(model, scale=0.1)
     ids, mask = _group_batch(300)
-    assert policy.shared_prefix_len(ids, mask) == 20
+    assert logprobs.shared_prefix_len(ids, mask) == 20
     pos = torch.zeros(4, ids.shape[1] - 1, dtype=torch.bool)
     pos[:, 18:] = True  # the last prompt step predicts the first action token
 
-    orig = policy.MIN_SHARED_PREFIX
+    orig = logprobs.MIN_SHARED_PREFIX
     try:
-        policy.MIN_SHARED_PREFIX = 10**9  # the plain pass
+        logprobs.MIN_SHARED_PREFIX = 10**9  # the plain pass
         full, ent_full = token_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, positions=pos)
         (full.sum() + 0.1 * ent_full.sum()).backward()
         g_full = _lora_grads(model)
         model.zero_grad()
     finally:
-        policy.MIN_SHARED_PREFIX = orig
-    decoder, _ = policy._decoder_and_head(model)
+        logprobs.MIN_SHARED_PREFIX = orig
+    decoder, _ = logprobs.decoder_and_head(model)
     shapes = []
     hook = decoder.register_forward_pre_hook(
         lambda mod, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
@@ -289,7 +289,7 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
     assert shapes == [(1, 20), (4, ids.shape[1] - 20)]
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, ent_full, atol=1e-5, rtol=1e-5)
-    assert (shared[~policy.valid_targets(mask)] == 0).all()
+    assert (shared[~logprobs.valid_targets(mask)] == 0).all()
     assert g_full.keys() == g_shared.keys() and len(g_full) > 0
     for n in g_full:
         torch.testing.assert_close(g_shared[n], g_full[n], atol=1e-5, rtol=1e-4)
@@ -298,14 +298,14 @@ def test_shared_prompt_gives_the_unshared_logprobs_and_gradients():
 def test_no_shared_prompt_without_a_common_prefix():
     """Rows of different questions, a single row or a short common prefix take the plain pass."""
     ids, mask = _group_batch(300)
-    assert policy.shared_prefix_len(ids[:1], mask[:1]) == 0
+    assert logprobs.shared_prefix_len(ids[:1], mask[:1]) == 0
     other = ids.clone()
     other[2, 3] = (other[2, 3] + 1) % 300
-    assert policy.shared_prefix_len(other, mask) == 3
+    assert logprobs.shared_prefix_len(other, mask) == 3
     holes = mask.clone()
     holes[1, 5] = 0  # a padding hole inside the prompt ends the shared prefix
-    assert policy.shared_prefix_len(ids, holes) == 5
-    assert policy.shared_prefix_len(ids[:2, :10], mask[:2, :10]) == 10  # identical rows: all of them
+    assert logprobs.shared_prefix_len(ids, holes) == 5
+    assert logprobs.shared_prefix_len(ids[:2, :10], mask[:2, :10]) == 10  # identical rows: all of them
 
 
 def test_lora_on_the_top_layers_only(tiny_model_dir):
@@ -372,7 +372,7 @@ def test_final_hidden_is_the_decoders_last_state_without_a_cache():
     model = get_peft_model(make_tiny_model(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     _perturb_lora(model, scale=0.1)
     ids, mask = _padded_batch(300)
-    decoder, head = policy._decoder_and_head(model)
+    decoder, head = logprobs.decoder_and_head(model)
     seen = []
     hook = decoder.register_forward_pre_hook(
         lambda mod, args, kw: seen.append(kw.get("use_cache")), with_kwargs=True
@@ -387,7 +387,7 @@ def test_final_hidden_is_the_decoders_last_state_without_a_cache():
         out = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=policy.position_ids_from_mask(mask),
+            position_ids=logprobs.position_ids_from_mask(mask),
             output_hidden_states=True,
             use_cache=False,
         )
@@ -525,12 +525,12 @@ class _Vocab:
 
 
 def test_trunk_layer_is_the_first_adapted_layer_when_nothing_below_trains():
-    assert policy.trunk_layer(_top_lora()) == 2
-    assert policy.trunk_layer(tiny_lora_policy(_Vocab(300), layers=4)) is None  # LoRA on layer 0: no trunk
-    assert policy.trunk_layer(make_tiny_model(300)) is None  # everything trains, the embedding too
+    assert logprobs.trunk_layer(_top_lora()) == 2
+    assert logprobs.trunk_layer(tiny_lora_policy(_Vocab(300), layers=4)) is None  # LoRA on layer 0: no trunk
+    assert logprobs.trunk_layer(make_tiny_model(300)) is None  # everything trains, the embedding too
     model = _top_lora()
     model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
-    assert policy.trunk_layer(model) is None  # a trainable embedding lies below every layer
+    assert logprobs.trunk_layer(model) is None  # a trainable embedding lies below every layer
 
 
 @pytest.mark.parametrize("share_prefix", [False, True])
@@ -543,14 +543,14 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
     ids[1:, :20] = ids[0, :20]  # a shared 20-token prompt
     mask = torch.ones_like(ids)
     mask[2, 33:] = 0
-    positions = policy.position_ids_from_mask(mask)
+    positions = logprobs.position_ids_from_mask(mask)
     decoder = model.get_base_model().model
     with torch.no_grad():
         trunk = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
         trunk = trunk.hidden_states[2]  # (B, T, H): the input of layer 2
         trunk[2, 33:] = 0.0  # padding: never read
-        full = policy.final_hidden(model, ids, mask, share_prefix=share_prefix)
-        part = policy.final_hidden(model, ids, mask, share_prefix=share_prefix, trunk=trunk, trunk_at=2)
+        full = logprobs.final_hidden(model, ids, mask, share_prefix=share_prefix)
+        part = logprobs.final_hidden(model, ids, mask, share_prefix=share_prefix, trunk=trunk, trunk_at=2)
     real = mask.bool()
     torch.testing.assert_close(part[real], full[real], atol=1e-5, rtol=1e-5)
     model.train()
@@ -564,10 +564,10 @@ def test_the_update_from_the_trunk_equals_the_full_pass(share_prefix):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # the embedding and layers 0-1 did not run: a trunk of zeros gives other hidden states than the tokens
     with torch.no_grad():
-        other = policy.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
+        other = logprobs.final_hidden(model, ids, mask, trunk=torch.zeros_like(trunk), trunk_at=2)
     assert not torch.allclose(other[real], full[real], atol=1e-2)
     with pytest.raises(ValueError, match="trunk_at"):  # a trunk is the input of some layer: which one?
-        policy.final_hidden(model, ids, mask, trunk=trunk)
+        logprobs.final_hidden(model, ids, mask, trunk=trunk)
 
 
 def test_load_policy_hides_peft_deprecation_probe(tiny_model_dir, tmp_path):
@@ -583,3 +583,138 @@ def test_load_policy_hides_peft_deprecation_probe(tiny_model_dir, tmp_path):
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert "still visible" in messages
     assert not [m for m in messages if "is_gradient_checkpointing" in m]
+
+
+def test_one_tiny_architecture():
+    """Tests, benchmarks and `check --tiny` build the same tiny Qwen2 from `policy.TINY_ARCH`."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    from agentr1_nb import check
+
+    assert check.TINY_ARCH == policy.TINY_ARCH and policy.TINY_ARCH["model_type"] == "qwen2"
+    cfg = policy.tiny_model_config(100, max_position_embeddings=512)
+    assert isinstance(cfg, Qwen2Config) and cfg.vocab_size == 100 and cfg.max_position_embeddings == 512
+    sizes = {k: v for k, v in policy.TINY_ARCH.items() if k != "model_type"}
+    assert all(getattr(cfg, k) == v for k, v in sizes.items())
+    llama = policy.tiny_model_config(100, "llama", num_hidden_layers=3)
+    assert isinstance(llama, LlamaConfig) and llama.num_hidden_layers == 3 and llama.hidden_size == 64
+    assert make_tiny_model(100).config.model_type == "llama"
+
+
+# ----------------------------------------------------------------------------- adapters are checked first
+def _adapter_folder(tmp_path, config=None, weights=None):
+    """A folder with a valid-looking LoRA adapter unless `config` (bytes) / `weights` (bytes) replace parts."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir(exist_ok=True)
+    conf = _json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}).encode()
+    (folder / "adapter_config.json").write_bytes(conf if config is None else config)
+    if weights is None:
+        save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64)},
+                  str(folder / "adapter_model.safetensors"))  # fmt: skip
+    else:
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def _good_weights(tmp_path) -> bytes:
+    return (_adapter_folder(tmp_path / "good") / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "config, what",
+    [
+        (b"", "not valid JSON"),
+        (b"\xff\xfe\x00binary", "not a text file"),
+        (b"[1, 2]", "a JSON object, not a list"),
+        (b'{"r": 8}', 'no "peft_type"'),
+        (b'{"peft_type": null}', 'no "peft_type"'),
+        (b'{"peft_type": "IA3"}', "not supported"),
+        (b"[" * 100000, "not valid JSON"),
+    ],
+)
+def test_bad_adapter_config_is_a_clear_error(tmp_path, config, what):
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, config=config)
+    with pytest.raises(policy.AdapterError, match=re.escape(str(folder / "adapter_config.json"))) as e:
+        policy.check_adapter(folder)
+    assert what in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "cut, what",
+    [
+        (lambda b: b"", "empty (0 bytes)"),
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:5], "truncated"),
+        (lambda b: b"PK\x03\x04 a zip file, not safetensors" * 10, "not a readable safetensors"),
+    ],
+)
+def test_bad_adapter_weights_are_a_clear_error(tmp_path, cut, what):
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, weights=cut(_good_weights(tmp_path)))
+    with pytest.raises(policy.AdapterError, match=re.escape(str(folder / "adapter_model.safetensors"))) as e:
+        policy.check_adapter(folder)
+    assert what in str(e.value)
+
+
+def test_adapter_without_lora_weights_or_as_a_pickle_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _adapter_folder(tmp_path)
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(policy.AdapterError, match="holds no LoRA weight.*model.embed_tokens.weight"):
+        policy.check_adapter(folder)
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(policy.AdapterError, match="adapter_model.bin is a pickle"):
+        policy.check_adapter(folder)
+    with pytest.raises(policy.AdapterError, match="not found"):
+        policy.check_adapter(tmp_path / "nowhere")
+    assert issubclass(policy.AdapterError, ValueError)  # the CLI prints it as one `error:` line, exit 2
+
+
+def test_adapter_that_does_not_fit_the_model_is_refused(tiny_model_dir, tmp_path):
+    """A safetensors file of LoRA weights that do not land in the model would leave the untrained base model
+    evaluated as the agent: keys it has no place for, missing keys and wrong shapes are each refused."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = get_config(overrides={"model": str(tiny_model_dir), "lora_r": 4})
+    model, _ = load_policy(cfg)
+    good = tmp_path / "good"
+    model.save_pretrained(good)
+    load_policy(cfg, adapter=good)  # the adapter as saved loads
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    keys = sorted(tensors)
+
+    def variant(name, new):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_bytes((good / "adapter_config.json").read_bytes())
+        save_file(new, str(folder / "adapter_model.safetensors"))
+        return folder
+
+    other = variant("other", {k.replace("model.layers", "transformer.h"): v for k, v in tensors.items()})
+    with pytest.raises(policy.AdapterError, match="other/adapter_model.safetensors: does not fit the model"):
+        load_policy(cfg, adapter=other)
+    half = variant("half", {k: tensors[k] for k in keys[: len(keys) // 2]})
+    with pytest.raises(policy.AdapterError, match="half/adapter_model.safetensors: .*missing"):
+        load_policy(cfg, adapter=half)
+    wrong = dict(tensors)
+    wrong[keys[0]] = torch.zeros(3, 3)
+    bad_shape = variant("shape", wrong)
+    with pytest.raises(policy.AdapterError, match=r"shape/adapter_"):
+        load_policy(cfg, adapter=bad_shape)
+
+
+def test_cli_answers_a_bad_adapter_with_one_error_line(tmp_path, capsys):
+    from agentr1_nb.__main__ import main
+
+    (tmp_path / "good").mkdir()
+    folder = _adapter_folder(tmp_path, config=b"[]")
+    assert main(["ask", "--adapter", str(folder), "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(folder / "adapter_config.json") in err

@@ -11,7 +11,8 @@ from conftest import tiny_lora_policy
 from agentr1_nb.config import Config
 from agentr1_nb.data import QAExample
 from agentr1_nb.kvcache import GrowingLayer, KVBatch, new_cache
-from agentr1_nb.policy import reference, token_logprobs
+from agentr1_nb.logprobs import token_logprobs
+from agentr1_nb.policy import reference
 from agentr1_nb.rollout import (
     Row,
     StopChecker,
@@ -763,7 +764,7 @@ def test_rollout_keeps_each_tokens_input_to_the_trunk_layer(tokenizer, use_cache
     """keep_hidden_at=k: every token a forward read gets its input to decoder layer k, as a full forward of
     the finished trajectory computes it (shared prompts, rows stopping at different steps, observations),
     as a normal tensor autograd can use; without it the trajectories carry none."""
-    from agentr1_nb.policy import trunk_layer
+    from agentr1_nb.logprobs import trunk_layer
 
     inner = tiny_lora_policy(tokenizer, layers=4, top_layers=2)
     k = trunk_layer(inner)
@@ -786,3 +787,27 @@ def test_rollout_keeps_each_tokens_input_to_the_trunk_layer(tokenizer, use_cache
     plain = rollout(model, tokenizer, examples(2), make_env, c, 3, use_cache=use_cache)
     assert all(t.trunk_hidden is None for t in plain)
     assert [t.token_ids for t in plain] == [t.token_ids for t in trajs]  # keeping them changes no draw
+
+
+def test_gold_episode_calls_are_valid_json_for_any_title(tokenizer):
+    """SFT demonstrations write their calls with `actions.format_call`: a title with quotes or backslashes
+    (real datasets have them) is a valid call the env runs, not a JSON error the warm-up would imitate."""
+    from agentr1_nb.data import Passage
+    from agentr1_nb.env import ToolEnv
+    from agentr1_nb.retrieval import Hit
+    from agentr1_nb.sft import gold_episode
+    from agentr1_nb.tools import SearchTool
+
+    title = 'The "Quoted" Title \\ 2'
+    passage = Passage("p1", title, "Some text.")
+
+    class OneHit:
+        def search(self, query, k):
+            return [Hit(passage, 1.0)]
+
+    env = ToolEnv([SearchTool(OneHit(), k=1, max_chars=200)], tokenizer, Config(max_tokens_per_turn=64))
+    ex = QAExample("q", "Which?", ["x"], [title])
+    ids, mask = gold_episode(ex, env, tokenizer)
+    first = env.turns[0]["info"]
+    assert first["kind"] == "tool_call" and first["error"] is None and first["args"] == {"query": title}
+    assert env.answer == "x" and len(ids) == len(mask) and sum(mask) > 0
