@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     traceback; Ctrl-C exits with 130 (after `train` has saved what it can)."""
     args = parse_args(argv)
     try:
-        user = parse_overrides(args.overrides)
+        user = parse_overrides(args.overrides, strict=True)
         cfg = get_config(args.preset, user)  # every field checked here, before any model loads
         return COMMANDS[args.command].run(args, cfg, user) or 0
     except (ValueError, RuntimeError, OSError) as e:

@@ -490,9 +490,11 @@ def _coerce(name: str, value: str) -> Any:
     return value
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """`["key=value", ...]` as {field: value of the field's type}. A key given twice with two different
-    values is an error naming it (the same value twice is harmless)."""
+def parse_overrides(items: list[str] | None, strict: bool = False) -> dict[str, Any]:
+    """`["key=value", ...]` as {field: value of the field's type}. A key given twice takes its last value,
+    so code can extend a list of overrides (`base + ["steps=3"]`); with `strict` (the command line, where a
+    repeated key is a typing slip) a key given twice with two different values is an error naming it (the
+    same value twice is harmless)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -501,7 +503,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         _check_fields({key: None})
         value = _coerce(key, value)
-        if key in out and out[key] != value:
+        if strict and key in out and out[key] != value:
             raise ValueError(
                 f"{key} is given twice, as {short_repr(out[key])} and {short_repr(value)}: give it once"
             )

@@ -217,9 +217,14 @@ def test_huge_numbers_in_a_dict_or_direct_construction_name_the_field():
         Config(seed=10**30)
 
 
-def test_a_key_given_twice_with_two_values_is_an_error():
+def test_a_key_given_twice_with_two_values_is_an_error_on_the_command_line():
     with pytest.raises(ValueError, match="seed is given twice, as 1 and 2"):
-        parse_overrides(["seed=1", "seed=2"])
-    with pytest.raises(ValueError, match="data_path is given twice"):
-        get_config("cpu_demo", ["data_path=a.json", "data_path=b.json"])
-    assert parse_overrides(["seed=1", "seed=01"]) == {"seed": 1}  # the same value twice is harmless
+        parse_overrides(["seed=1", "seed=2"], strict=True)
+    assert parse_overrides(["seed=1", "seed=01"], strict=True) == {
+        "seed": 1
+    }  # the same value twice is harmless
+
+
+def test_code_extends_a_list_of_overrides_and_the_last_value_wins():
+    assert parse_overrides(["seed=1", "seed=2"]) == {"seed": 2}
+    assert get_config("cpu_demo", ["data_path=a.json", "data_path=b.json"]).data_path == "b.json"
