@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import naive_rag, tool_call
+from .checkpoint import config_changes, find_checkpoint, load_metrics
 from .common import atomic_write_json, check_writable_dir, hub_reachable, replace_dir, set_seed
 from .config import Config
 from .data import read_records
@@ -45,7 +46,7 @@ from .policy import load_policy, load_tokenizer
 from .retrieval import build_retriever
 from .sft import sft_warmup
 from .tools import make_tools
-from .train import config_changes, find_checkpoint, load_metrics, train
+from .train import train
 
 # ----------------------------------------------------------------------------- the paper and the variants
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
+from agentr1_nb import checkpoint as ckpt_mod
 from agentr1_nb import runs
 from agentr1_nb import train as train_mod
+from agentr1_nb.checkpoint import load_metrics, run_lock
 from agentr1_nb.config import get_config
 from agentr1_nb.env import build_task
 from agentr1_nb.sft import gold_episode, sft_warmup
-from agentr1_nb.train import TrainingStopped, load_metrics, run_lock, train
+from agentr1_nb.train import TrainingStopped, train
 
 TINY = TINY_RUN + ["minibatch_size=2", "micro_batch_size=1"]
 
@@ -64,7 +66,7 @@ def test_two_step_smoke_run_updates_lora_and_logs(tmp_path, tokenizer, algo):
     assert any(not torch.equal(before[k], after[k]) for k in before), "no LoRA weight changed"
     assert len(load_metrics(tmp_path)) == 2
     assert (tmp_path / "checkpoint" / "adapter" / "adapter_model.safetensors").exists()
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 2 and state["sampler"]["pos"] == 4
 
 
@@ -117,7 +119,7 @@ def test_nan_loss_skips_update_and_stops_keeping_last_good_checkpoint(tmp_path, 
         train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
     after = _lora_state(model)
     assert all(torch.equal(good[k], after[k]) for k in good), "a NaN step must not change the weights"
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 1
     rows = load_metrics(tmp_path)
     assert [r["skipped_updates"] > 0 for r in rows] == [False, True, True]
@@ -234,7 +236,7 @@ def test_interrupt_inside_a_step_keeps_the_last_consistent_checkpoint(tmp_path, 
     monkeypatch.setattr(train_mod, "score_trajectory", interrupt_in_step_two)
     hist = train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
     assert [m["step"] for m in hist] == [1]
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 1 and state["sampler"]["pos"] == 2, "a half-done step must not be saved"
 
 
@@ -259,7 +261,7 @@ def test_a_kill_during_save_then_resume_gives_the_uninterrupted_metrics(
     task = build_task(cfg, tokenizer)
     full = train(cfg, tmp_path / "a", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
 
-    real = train_mod.replace_dir
+    real = ckpt_mod.replace_dir
     saves = {"n": 0}
 
     class Killed(Exception):
