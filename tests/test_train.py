@@ -280,10 +280,10 @@ def test_a_kill_during_save_then_resume_gives_the_uninterrupted_metrics(
         tmp.rename(final)
         raise Killed  # killed before the old one was deleted
 
-    monkeypatch.setattr(train_mod, "replace_dir", dying_replace)
+    monkeypatch.setattr(ckpt_mod, "replace_dir", dying_replace)
     with pytest.raises(Killed):
         train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
-    monkeypatch.setattr(train_mod, "replace_dir", real)
+    monkeypatch.setattr(ckpt_mod, "replace_dir", real)
     rest = train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
     done = 2 if where == "after_renames" else 1
     assert rest[0]["step"] == done + 1
