@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from .common import atomic_write_json, replace_dir, rng_state, set_rng_state
+from .common import atomic_write_json, atomic_write_text, replace_dir, rng_state, set_rng_state
 from .config import Config
 
 RESUMABLE_FIELDS = (
@@ -305,8 +305,8 @@ def load_metrics(out_dir: str | Path) -> list[dict]:
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     """On resume, keep the metric lines up to the checkpoint we restart from (dropping a torn last line)."""
-    if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if path.exists():  # atomically: a kill now must not lose the history kept
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------- checkpoint files

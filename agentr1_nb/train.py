@@ -154,10 +154,8 @@ def train(
     with run_lock(out, exclusive=acc.is_main_process):
         ckpt = prepare_run_dir(out, cfg, resume, write=acc.is_main_process)
         acc.wait_for_everyone()
-        if acc.log_with:
-            acc.init_trackers(
-                tracker_project(cfg)
-            )  # before the seeds are set: a tracker draws nothing we replay
+        if acc.log_with:  # before the seeds are set, so that a tracker's random draws change nothing
+            acc.init_trackers(tracker_project(cfg))
         try:
             # the LoRA initialisation is the same on every process
             set_seed(cfg.seed)
@@ -201,13 +199,13 @@ def run_steps(
     # the update starts at the first adapted layer, from the inputs the rollout gave it (None: layer 0)
     trunk_at = trunk_layer(state.model) if cfg.reuse_trunk else None
     history = TrainHistory()
-    in_step, saved_at = False, state.step
+    in_step, saved_at, current = False, state.step, state.step + 1
     bar = tqdm(
         total=cfg.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not acc.is_main_process
     )
     try:
         while state.step < cfg.steps:
-            in_step = True
+            in_step, current = True, state.step + 1
             m = train_step(acc, cfg, state, tokenizer, task, trunk_at)
             history.append(m)
             log_step(acc, out, m)
@@ -231,9 +229,7 @@ def run_steps(
         # Only a state between two steps is consistent: mid-step, some minibatch updates may be applied
         # while the step counter, sampler and RNG are elsewhere, so the last checkpoint stands.
         if in_step:
-            print(
-                f"interrupted during step {state.step + 1}; resume continues from the last checkpoint in {out}"
-            )
+            print(f"interrupted during step {current}; resume continues from the last checkpoint in {out}")
         elif history and history[-1]["skipped_updates"]:
             print(f"interrupted after a skipped step; the last good checkpoint in {out} is kept")
         else:
