@@ -155,7 +155,7 @@ def train(
         ckpt = prepare_run_dir(out, cfg, resume, write=acc.is_main_process)
         acc.wait_for_everyone()
         if acc.log_with:  # before the seeds are set, so that a tracker's random draws change nothing
-            acc.init_trackers(tracker_project(cfg))
+            start_trackers(acc, cfg, out)
         try:
             # the LoRA initialisation is the same on every process
             set_seed(cfg.seed)
@@ -434,9 +434,14 @@ def tracker(cfg: Config) -> str | None:
     return cfg.log_with
 
 
-def tracker_project(cfg: Config) -> str:
-    """TensorBoard writes into `out/<project>` (so: `out/tensorboard/`); W&B files the run under it."""
-    return "tensorboard" if tracker(cfg) == "tensorboard" else "agentr1_nb"
+def start_trackers(acc: Accelerator, cfg: Config, out: Path) -> None:
+    """TensorBoard writes into `out/tensorboard/`; a resumed run's events replace those of the steps after
+    its checkpoint (`purge_step`), as its metrics.jsonl lines do. W&B files the run under "agentr1_nb"."""
+    if tracker(cfg) != "tensorboard":
+        acc.init_trackers("agentr1_nb")
+        return
+    last = max((r["step"] for r in load_metrics(out)), default=0)  # the checkpoint's step, after resume
+    acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": last + 1}})
 
 
 def _hidden_size(model) -> int:

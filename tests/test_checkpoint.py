@@ -312,3 +312,30 @@ def test_log_with_none_writes_no_event_files_and_a_missing_tracker_is_an_error(
     with pytest.raises(ValueError, match="log_with=wandb needs the wandb package: pip install wandb"):
         _train(tmp_path / "wandb", tokenizer, "steps=1", "log_with=wandb")
     assert not (tmp_path / "wandb" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_run_replaces_the_events_of_steps_after_its_checkpoint(tmp_path, tokenizer):
+    """Killed after step 3 with its checkpoint at step 2: the resumed run logs step 3 again, and TensorBoard
+    shows each step once, with metrics.jsonl's numbers (purge_step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def killed_after_three(m):
+        if m["step"] == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(
+            tmp_path,
+            tokenizer,
+            "steps=4",
+            "save_every=2",
+            "log_with=tensorboard",
+            callback=killed_after_three,
+        )
+    _train(tmp_path, tokenizer, "steps=4", "save_every=2", "log_with=tensorboard")
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    rows = load_metrics(tmp_path)
+    events = acc.Scalars("reward")
+    assert [e.step for e in events] == [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [e.value for e in events] == pytest.approx([r["reward"] for r in rows], rel=1e-6)
