@@ -397,7 +397,16 @@ def load_checkpoint(ckpt: Path, state: TrainState, rank: int = 0) -> None:
         weights = load_file(str(weights_file))
     except Exception as e:  # noqa: BLE001 - truncated or corrupt safetensors
         raise CheckpointError(f"adapter file {weights_file} is unreadable ({type(e).__name__}: {e})") from e
-    set_peft_model_state_dict(state.model, weights)
+    try:
+        loaded = set_peft_model_state_dict(state.model, weights)
+    except Exception as e:  # noqa: BLE001 - shapes of another model
+        raise CheckpointError(f"adapter file {weights_file} does not fit this model ({e})") from e
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if missing or loaded.unexpected_keys:
+        raise CheckpointError(
+            f"adapter file {weights_file} does not fit this model: {len(missing)} LoRA weights missing "
+            f"(e.g. {missing[:1]}), {len(loaded.unexpected_keys)} unknown (e.g. {loaded.unexpected_keys[:1]})"
+        )
     path = ckpt / "state.pt"
     parts = [("optimizer", state.optimizer), ("scheduler", state.scheduler), ("sampler", state.sampler)]
     if state.value_head is not None and saved["value_head"] is not None:

@@ -339,3 +339,18 @@ def test_a_resumed_run_replaces_the_events_of_steps_after_its_checkpoint(tmp_pat
     events = acc.Scalars("reward")
     assert [e.step for e in events] == [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [e.value for e in events] == pytest.approx([r["reward"] for r in rows], rel=1e-6)
+
+
+@pytest.mark.parametrize("weights", ["none", "foreign"])
+def test_adapter_weights_that_do_not_fit_are_named(run, tokenizer, weights):
+    """A checkpoint's adapter file with no LoRA weight (or another model's) would resume the untrained
+    adapter silently: refused, naming the file."""
+    from safetensors.torch import load_file, save_file
+
+    path = run / "checkpoint" / "adapter" / "adapter_model.safetensors"
+    real = load_file(str(path))
+    if weights == "none":
+        save_file({"something.else": torch.zeros(2)}, str(path))
+    else:
+        save_file({k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in real.items()}, str(path))
+    _refused(run, tokenizer, f"adapter file {path} does not fit this model")
