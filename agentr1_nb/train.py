@@ -458,9 +458,7 @@ def recompute_old_logprobs(cfg: Config) -> bool:
     return cfg.load_in_4bit or compute_dtype(cfg) != torch.float32
 
 
-def _logprobs(
-    model, cfg: Config, trunk_at=None, ids=None, am=None, positions=None, trunk=None
-) -> torch.Tensor:
+def _logprobs(model, cfg: Config, trunk_at: int | None, ids, am, positions=None, trunk=None) -> torch.Tensor:
     """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only; from the
     rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H))."""
     return token_logprobs(
