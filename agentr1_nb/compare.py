@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import naive_rag, tool_call
+from .checkpoint import config_changes, find_checkpoint, load_metrics
 from .common import atomic_write_json, check_writable_dir, hub_reachable, replace_dir, set_seed
 from .compare_table import (
     BASELINE_METHODS,
@@ -71,7 +72,6 @@ from .policy import load_policy, load_tokenizer
 from .retrieval import build_retriever
 from .sft import sft_warmup
 from .tools import make_tools
-from .train import config_changes, find_checkpoint, load_metrics
 
 # ----------------------------------------------------------------------------- saved results
 
@@ -115,7 +115,7 @@ def can_resume(saved_key: dict | None, cfg: Config) -> bool:
     """Whether a run whose `train_key.json` is `saved_key` can be trained on under `cfg`.
 
     Yes when it learned the same thing (its stored config differs from `cfg` only in fields that change how a
-    run is executed, `train.RESUMABLE_FIELDS`) and it asked for no more steps than `cfg` does: a finished
+    run is executed, `checkpoint.RESUMABLE_FIELDS`) and it asked for no more steps than `cfg` does: a finished
     20-step run asked for with 40 steps trains on from its checkpoint (the learning rate is constant after
     its warm-up, so 20 + 20 steps are the same as 40), one asked for with fewer steps starts over."""
     stored = (saved_key or {}).get("config")

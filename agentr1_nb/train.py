@@ -39,19 +39,17 @@ Departures from the paper's training code (verl-based, 4 GPUs):
 - A NaN/inf loss or gradient skips the update and is logged; after `max_bad_steps` the run stops and the
   last good checkpoint is kept.
 
-Run directory `out/`: `config.json`, `metrics.jsonl` (one line per step), `checkpoint/` (adapter, optimiser,
-scheduler, value head, every process's RNG state, step and data position), written atomically every
-`save_every` steps and on Ctrl-C between steps; `train(..., resume=True)` continues so that an interrupted
-run gives the metrics of an uninterrupted one. A kill during a save leaves `checkpoint.old` complete, and
-resume falls back to it. An exclusive lock (`out/.lock`) keeps a second run out of the same folder.
+The run folder `out/` (`checkpoint.py`): `config.json`, `metrics.jsonl` (one line per step, the source of
+truth), `tensorboard/` (the same numbers through accelerate's trackers, `Config.log_with`), `checkpoint/`
+(adapter, optimiser, scheduler, value head, every process's RNG state, step and data position), written
+atomically every `save_every` steps and on Ctrl-C between steps (a second Ctrl-C waits for the save);
+`train(..., resume=True)` continues so that an interrupted run gives the metrics of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,19 +57,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 from tqdm.auto import tqdm
 
 from . import algos
-from .common import (
-    atomic_write_json,
-    check_writable_dir,
-    mean,
-    peak_memory_mb,
-    replace_dir,
-    rng_state,
-    set_rng_state,
-    set_seed,
+from .checkpoint import (
+    InterruptedAfterSave,
+    TrainState,
+    load_checkpoint,
+    load_metrics,
+    prepare_run_dir,
+    run_lock,
+    save_checkpoint,
 )
+from .common import check_writable_dir, mean, peak_memory_mb, set_seed
 from .config import Config
 from .env import Task, build_task
 from .logprobs import final_hidden, token_logprobs, trunk_layer
@@ -79,22 +78,8 @@ from .policy import compute_dtype, load_policy, reference
 from .rewards import score_trajectory, token_rewards
 from .rollout import episode_stats, rollout
 
-RESUMABLE_FIELDS = (
-    "steps",
-    "save_every",
-    "max_bad_steps",
-    "eval_questions",
-    "eval_batch_size",
-    "micro_batch_size",
-    "logprob_chunk",
-    "reuse_trunk",
-    "tool_timeout_s",
-    "cache_dir",
-    "data_dir",
-    "log_with",
-)
-"""Fields a resumed run may change (logged): they change how long, how often or in what pieces it runs,
-not what it learns. Any other difference from the stored config is an error naming the fields."""
+__all__ = ["TrainHistory", "TrainingStopped", "QuestionSampler", "load_metrics", "train"]
+"""`load_metrics` (checkpoint.py) is re-exported: notebooks read a run's metrics from here."""
 
 
 class TrainingStopped(RuntimeError):
@@ -153,10 +138,12 @@ def train(
 
     Resumes from `out_dir/checkpoint` (or `checkpoint.old` after a kill mid-save) when `resume`; a run
     folder with history but nothing to resume from is an error, and only `resume=False` (`--no-resume`)
-    deletes a run's history. `callback(metrics)` runs after every step (live plots in notebooks). Ctrl-C
-    between steps saves a checkpoint and returns; inside a step the last checkpoint stands.
+    deletes a run's history (`checkpoint.prepare_run_dir`). `callback(metrics)` runs after every step (live
+    plots in notebooks). Ctrl-C between steps saves a checkpoint and returns; inside a step the last
+    checkpoint stands. Every step's metrics also go to accelerate's trackers (`cfg.log_with`).
     """
-    acc = make_accelerator(cfg)
+    out = check_writable_dir(out_dir, "run folder")
+    acc = make_accelerator(cfg, out)
     world, rank = acc.num_processes, acc.process_index
     if acc.device.type == "cuda":
         torch.cuda.set_device(acc.device)  # load_policy puts this process's model on its own GPU
@@ -165,234 +152,297 @@ def train(
             f"questions_per_step={cfg.questions_per_step} and minibatch_size={cfg.minibatch_size} must be "
             f"multiples of the number of processes ({world})"
         )
-    out = check_writable_dir(out_dir, "run folder")
     with run_lock(out, exclusive=acc.is_main_process):
         ckpt = prepare_run_dir(out, cfg, resume, write=acc.is_main_process)
         acc.wait_for_everyone()
-
-        # -- the policy, the task, the optimiser
-        set_seed(cfg.seed)  # the LoRA initialisation is the same on every process
-        if model is None:
-            model, tokenizer = load_policy(cfg)
-        if task is None:
-            task = build_task(cfg, tokenizer)
-        device = next(model.parameters()).device
-        value_head = None
-        params = [p for p in model.parameters() if p.requires_grad]
-        if cfg.algo == "ppo":
-            value_head = algos.ValueHead(_hidden_size(model)).to(device)
-            params += list(value_head.parameters())
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # the update starts at the first adapted layer, from the inputs the rollout gave it (None: layer 0)
-        trunk_at = trunk_layer(model) if cfg.reuse_trunk else None
-        warm = cfg.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-        )
-        optimizer = acc.prepare_optimizer(optimizer, device_placement=False)  # fp16: loss scaling
-        sampler = QuestionSampler(len(task.train), cfg.seed)
-        step, bad_steps = 0, 0
-        set_seed(cfg.seed + 1_000_003 * rank)  # each process samples its own rollouts
-        if ckpt is not None:
-            step, bad_steps = load_checkpoint(ckpt, model, optimizer, scheduler, sampler, value_head, rank)
-
-        metrics_path = out / "metrics.jsonl"
-        history = TrainHistory()
-        in_step = False
-        bar = tqdm(
-            total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, disable=not acc.is_main_process
-        )
+        if acc.log_with:  # before the seeds are set, so that a tracker's random draws change nothing
+            start_trackers(acc, cfg, out)
         try:
-            while step < cfg.steps:
-                in_step = True
-                t0 = time.perf_counter()
-                # 1. questions: the same draw on every process, each takes its share
-                picks = sampler.next(cfg.questions_per_step)[rank::world]
-                examples = [task.train[i] for i in picks]
-
-                # 2. rollout (no grad, eval mode: LoRA dropout off)
-                model.eval()
-                with torch.no_grad():
-                    trajs = rollout(
-                        model,
-                        tokenizer,
-                        examples,
-                        task.make_env,
-                        cfg,
-                        cfg.group_size,
-                        keep_hidden_at=trunk_at,
-                    )
-                t_roll = time.perf_counter() - t0
-
-                # 3. rewards and the batch, on the model's device, in the log-prob layout (B, L = T-1)
-                for t in trajs:
-                    score_trajectory(t, cfg)
-                batch = algos.batch_from_trajectories(trajs, tokenizer.pad_token_id)
-                for t in trajs:
-                    t.trunk_hidden = None  # in the batch now
-                B, T = batch["input_ids"].shape
-                batch["token_rewards"] = token_rewards(trajs, cfg, T)  # (B, L)
-                batch = {k: v.to(device) for k, v in batch.items()}
-
-                # 4. old and reference log-probs (and PPO's old values), micro-batch by micro-batch
-                t1 = time.perf_counter()
-                batch["loss_weight"] = algos.loss_token_mask(
-                    batch["action_mask"], batch["response_mask"], cfg.loss_mask
-                )  # (B, L): the tokens the loss reads; micro-batches weigh by their share of them
-                with torch.no_grad():
-                    if recompute_old_logprobs(cfg):
-                        batch["old_logprobs"] = _per_micro_batch(
-                            batch,
-                            cfg,
-                            lambda ids, am, pos, tr: _logprobs(model, ids, am, cfg, pos, tr, trunk_at),
-                        )
-                    batch["ref_logprobs"] = None
-                    if cfg.kl_coef > 0:
-                        with reference(model):
-                            batch["ref_logprobs"] = _per_micro_batch(
-                                batch,
-                                cfg,
-                                lambda ids, am, pos, tr: _logprobs(model, ids, am, cfg, pos, tr, trunk_at),
-                            )
-                    batch["old_values"] = None
-                    if value_head is not None:
-                        batch["old_values"] = _per_micro_batch(
-                            batch, cfg, lambda ids, am, pos, tr: _values(model, value_head, ids, am)
-                        )
-                t_logp = time.perf_counter() - t1
-
-                # 5. advantages, on action tokens (the advantage mask) unless ablated
-                batch["advantages"], batch["returns"] = algos.compute_advantages(
-                    cfg.algo,
-                    batch["token_rewards"],
-                    batch["action_mask"],
-                    batch["response_mask"],
-                    batch["group"],
-                    batch["old_values"],
-                    advantage_mask=cfg.advantage_mask,
-                    norm_adv_by_std=cfg.norm_adv_by_std,
-                    gamma=cfg.gamma,
-                    lam=cfg.lam,
-                )  # (B, L) each
-                loss_weight = batch["loss_weight"]
-
-                # 6. the update: epochs x minibatches x micro-batches (gradient accumulation)
-                t2 = time.perf_counter()
-                model.train()
-                agg: dict[str, list[float]] = {}
-                skipped = 0
-                local_mb = cfg.minibatch_size // world
-                for _ in range(cfg.ppo_epochs):
-                    for mb_rows in torch.randperm(B, device=device).split(local_mb):
-                        # a group's rows side by side: a micro-batch of one group runs its prompt once
-                        mb_rows = mb_rows[torch.argsort(batch["group"][mb_rows], stable=True)]
-                        optimizer.zero_grad(set_to_none=True)
-                        # the step's loss is the mean over all processes' tokens (or trajectories)
-                        if cfg.loss_agg == "token_mean":
-                            total = _sum_all(acc, loss_weight[mb_rows].sum())
-                        else:
-                            total = _sum_all(acc, torch.tensor(float(len(mb_rows)), device=device))
-                        ok = True
-                        for micro_rows in mb_rows.split(cfg.micro_batch_size):
-                            micro = _select(batch, micro_rows)
-                            with acc.autocast():
-                                loss, m = _micro_loss(model, value_head, micro, cfg, trunk_at)
-                            if not algos.is_finite_loss(loss):
-                                ok = False
-                                break
-                            share = (
-                                loss_weight[micro_rows].sum()
-                                if cfg.loss_agg == "token_mean"
-                                else len(micro_rows)
-                            )
-                            acc.backward(loss * (float(share) / max(total, 1e-12)))
-                            for k, v in m.items():
-                                agg.setdefault(k, []).append(float(v))
-                        ok = _all_true(acc, ok)
-                        if ok:
-                            _reduce_gradients(acc, params)
-                            gnorm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                            ok = bool(torch.isfinite(torch.as_tensor(gnorm)))
-                            agg.setdefault("grad_norm", []).append(float(gnorm))
-                        if ok:
-                            optimizer.step()
-                        else:
-                            skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                bad_steps += bool(skipped)
-                in_step = False
-
-                # 7. log: every number is over all processes' trajectories
-                scores = batch["token_rewards"].sum(-1)  # (B,): what the advantages saw
-                m = _gather_means(acc, {"reward": scores.tolist(), **episode_stats(trajs)})
-                gen_tokens = _sum_all(acc, torch.tensor(float(sum(sum(t.action_mask) for t in trajs))))
-                m.update(
-                    step=step,
-                    rollout_s=t_roll,
-                    logprob_s=t_logp,
-                    update_s=time.perf_counter() - t2,
-                    step_s=time.perf_counter() - t0,
-                    tokens_per_s=gen_tokens / max(t_roll, 1e-9),
-                    peak_mem_mb=peak_memory_mb(),
-                    skipped_updates=skipped,
-                    lr=scheduler.get_last_lr()[0],
-                    world_size=world,
-                )
-                for k, v in agg.items():  # first_* are the first minibatch's on-policy ratios
-                    m[k] = float(v[0]) if k.startswith("first_") else float(np.mean(v))
-                if skipped:
-                    m["nan_guard"] = f"skipped {skipped} update(s): non-finite loss or gradient"
-                history.append(m)
-                if acc.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(m) + "\n")
-                bar.update(1)
-                bar.set_postfix(reward=f"{m['reward']:.3f}", em=f"{m['em']:.2f}")
-
-                # 8. checkpoint (never after a skipped step: the last good one stands)
-                if bad_steps >= cfg.max_bad_steps:
-                    raise TrainingStopped(
-                        f"stopped after {bad_steps} steps with non-finite loss; the last good checkpoint "
-                        f"in {out / 'checkpoint'} is kept"
-                    )
-                if not skipped and (step % cfg.save_every == 0 or step == cfg.steps):
-                    save_checkpoint(
-                        acc, out, step, bad_steps, model, optimizer, scheduler, sampler, value_head, cfg
-                    )
-                if callback is not None:
-                    callback(m)
-        except KeyboardInterrupt:
-            # Only a state between two steps is consistent: mid-step, some minibatch updates may be applied
-            # while the step counter, sampler and RNG are elsewhere, so the last checkpoint stands.
-            if in_step:
-                print(
-                    f"interrupted during step {step + 1}; resume continues from the last checkpoint in {out}"
-                )
-            elif not history or not history[-1]["skipped_updates"]:
-                save_checkpoint(
-                    acc, out, step, bad_steps, model, optimizer, scheduler, sampler, value_head, cfg
-                )
-                print(f"interrupted at step {step}; checkpoint saved in {out}; train(...) again to resume")
-            else:
-                print(f"interrupted after a skipped step; the last good checkpoint in {out} is kept")
-            history.interrupted = True
+            # the LoRA initialisation is the same on every process
+            set_seed(cfg.seed)
+            state, tokenizer, task = setup(acc, cfg, model, tokenizer, task)
+            set_seed(cfg.seed + 1_000_003 * rank)  # each process samples its own rollouts
+            if ckpt is not None:
+                load_checkpoint(ckpt, state, rank)
+            return run_steps(acc, cfg, out, state, tokenizer, task, callback)
         finally:
-            bar.close()
+            acc.end_training()
+
+
+def setup(acc: Accelerator, cfg: Config, model=None, tokenizer=None, task: Task | None = None):
+    """(TrainState at step 0, tokenizer, task): the policy (loaded unless given), the task, PPO's value head,
+    AdamW on the trainable parameters with its linear warm-up, the question sampler."""
+    if model is None:
+        model, tokenizer = load_policy(cfg)
+    if task is None:
+        task = build_task(cfg, tokenizer)
+    device = next(model.parameters()).device
+    value_head = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.algo == "ppo":
+        value_head = algos.ValueHead(_hidden_size(model)).to(device)
+        params += list(value_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
+    optimizer = acc.prepare_optimizer(optimizer, device_placement=False)  # fp16: loss scaling
+    sampler = QuestionSampler(len(task.train), cfg.seed)
+    return TrainState(model, optimizer, scheduler, sampler, value_head), tokenizer, task
+
+
+def run_steps(
+    acc, cfg: Config, out: Path, state: TrainState, tokenizer, task: Task, callback
+) -> TrainHistory:
+    """Steps until `cfg.steps`: each one logged (metrics.jsonl, trackers) and checkpointed every `save_every`
+    steps; Ctrl-C between steps saves, inside a step (until its metrics are written) the last save stands."""
+    # the update starts at the first adapted layer, from the inputs the rollout gave it (None: layer 0)
+    trunk_at = trunk_layer(state.model) if cfg.reuse_trunk else None
+    history = TrainHistory()
+    in_step, saved_at, current = False, state.step, state.step + 1
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not acc.is_main_process
+    )
+    try:
+        while state.step < cfg.steps:
+            in_step, current = True, state.step + 1
+            m = train_step(acc, cfg, state, tokenizer, task, trunk_at)
+            history.append(m)
+            log_step(acc, out, m)
+            in_step = False
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['reward']:.3f}", em=f"{m['em']:.2f}")
+            # checkpoint (never after a skipped step: the last good one stands)
+            if state.bad_steps >= cfg.max_bad_steps:
+                raise TrainingStopped(
+                    f"stopped after {state.bad_steps} steps with non-finite loss; the last good checkpoint "
+                    f"in {out / 'checkpoint'} is kept"
+                )
+            if not m["skipped_updates"] and (state.step % cfg.save_every == 0 or state.step == cfg.steps):
+                save_checkpoint(acc, out, state, cfg)
+                saved_at = state.step
+            if callback is not None:
+                callback(m)
+    except KeyboardInterrupt as e:
+        if isinstance(e, InterruptedAfterSave):  # during this step's save, which was completed
+            saved_at = state.step
+        # Only a state between two steps is consistent: mid-step, some minibatch updates may be applied
+        # while the step counter, sampler and RNG are elsewhere, so the last checkpoint stands.
+        if in_step:
+            print(f"interrupted during step {current}; resume continues from the last checkpoint in {out}")
+        elif history and history[-1]["skipped_updates"]:
+            print(f"interrupted after a skipped step; the last good checkpoint in {out} is kept")
+        else:
+            if saved_at != state.step:
+                save_checkpoint(acc, out, state, cfg)  # a second Ctrl-C waits until it is written
+            print(f"interrupted at step {state.step}; checkpoint saved in {out}; train(...) again to resume")
+        history.interrupted = True
+    finally:
+        bar.close()
     return history
+
+
+def train_step(acc, cfg: Config, state: TrainState, tokenizer, task: Task, trunk_at: int | None) -> dict:
+    """One RL step: build the batch, update on it, advance the schedule; returns the step's metrics."""
+    t0 = time.perf_counter()
+    batch, trajs, times = build_batch(acc, cfg, state, tokenizer, task, trunk_at)
+    t2 = time.perf_counter()
+    agg, skipped = update(acc, cfg, state, batch, trunk_at)
+    state.scheduler.step()
+    state.step += 1
+    state.bad_steps += bool(skipped)
+
+    # every number is over all processes' trajectories
+    scores = batch["token_rewards"].sum(-1)  # (B,): what the advantages saw
+    m = _gather_means(acc, {"reward": scores.tolist(), **episode_stats(trajs)})
+    gen_tokens = _sum_all(acc, torch.tensor(float(sum(sum(t.action_mask) for t in trajs))))
+    m.update(
+        step=state.step,
+        rollout_s=times["rollout_s"],
+        logprob_s=times["logprob_s"],
+        update_s=time.perf_counter() - t2,
+        step_s=time.perf_counter() - t0,
+        tokens_per_s=gen_tokens / max(times["rollout_s"], 1e-9),
+        peak_mem_mb=peak_memory_mb(),
+        skipped_updates=skipped,
+        lr=state.scheduler.get_last_lr()[0],
+        world_size=acc.num_processes,
+    )
+    for k, v in agg.items():  # first_* are the first minibatch's on-policy ratios
+        m[k] = float(v[0]) if k.startswith("first_") else float(np.mean(v))
+    if skipped:
+        m["nan_guard"] = f"skipped {skipped} update(s): non-finite loss or gradient"
+    return m
+
+
+def build_batch(acc, cfg: Config, state: TrainState, tokenizer, task: Task, trunk_at: int | None):
+    """(batch, trajectories, timings) of one step: this process's share of the questions -> rollout ->
+    rewards -> old and reference log-probs (and PPO's old values) -> advantages; every per-token tensor in
+    the log-prob layout (B, L = T-1), on the model's device."""
+    model = state.model
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    # the questions: the same draw on every process, each takes its share
+    picks = state.sampler.next(cfg.questions_per_step)[acc.process_index :: acc.num_processes]
+    examples = [task.train[i] for i in picks]
+    model.eval()  # no grad, eval mode: LoRA dropout off
+    with torch.no_grad():
+        trajs = rollout(
+            model, tokenizer, examples, task.make_env, cfg, cfg.group_size, keep_hidden_at=trunk_at
+        )
+    t_roll = time.perf_counter() - t0
+
+    for t in trajs:
+        score_trajectory(t, cfg)
+    batch = algos.batch_from_trajectories(trajs, tokenizer.pad_token_id)
+    for t in trajs:
+        t.trunk_hidden = None  # in the batch now
+    batch["token_rewards"] = token_rewards(trajs, cfg, batch["input_ids"].shape[1])  # (B, L)
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    t1 = time.perf_counter()
+    batch["loss_weight"] = algos.loss_token_mask(
+        batch["action_mask"], batch["response_mask"], cfg.loss_mask
+    )  # (B, L): the tokens the loss reads; micro-batches weigh by their share of them
+    with torch.no_grad():
+        add_old_and_reference(batch, model, state.value_head, cfg, trunk_at)
+    t_logp = time.perf_counter() - t1
+
+    # advantages, on action tokens (the advantage mask) unless ablated; (B, L) each
+    batch["advantages"], batch["returns"] = algos.compute_advantages(
+        cfg.algo,
+        batch["token_rewards"],
+        batch["action_mask"],
+        batch["response_mask"],
+        batch["group"],
+        batch["old_values"],
+        advantage_mask=cfg.advantage_mask,
+        norm_adv_by_std=cfg.norm_adv_by_std,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+    )
+    return batch, trajs, {"rollout_s": t_roll, "logprob_s": t_logp}
+
+
+def add_old_and_reference(batch: dict, model, value_head, cfg: Config, trunk_at: int | None) -> None:
+    """log pi_old (recomputed where the sampler's differ, `recompute_old_logprobs`), log pi_ref (the adapter
+    disabled, when kl_coef > 0) and PPO's old values, micro-batch by micro-batch, into `batch`."""
+    logprobs = functools.partial(_logprobs, model, cfg, trunk_at)
+    if recompute_old_logprobs(cfg):
+        batch["old_logprobs"] = _per_micro_batch(batch, cfg, logprobs)
+    batch["ref_logprobs"] = None
+    if cfg.kl_coef > 0:
+        with reference(model):
+            batch["ref_logprobs"] = _per_micro_batch(batch, cfg, logprobs)
+    batch["old_values"] = None
+    if value_head is not None:
+        batch["old_values"] = _per_micro_batch(
+            batch, cfg, lambda ids, am, pos, tr: _values(model, value_head, ids, am)
+        )
+
+
+def update(acc, cfg: Config, state: TrainState, batch: dict, trunk_at: int | None):
+    """`ppo_epochs` passes over the batch in shuffled minibatches of `minibatch_size` rows (this process's
+    share), one optimiser step each; returns (metrics lists, number of skipped non-finite updates)."""
+    state.model.train()
+    agg: dict[str, list[float]] = {}
+    skipped = 0
+    B = batch["input_ids"].shape[0]
+    device = next(state.model.parameters()).device
+    for _ in range(cfg.ppo_epochs):
+        for mb_rows in torch.randperm(B, device=device).split(cfg.minibatch_size // acc.num_processes):
+            # a group's rows side by side: a micro-batch of one group runs its prompt once
+            mb_rows = mb_rows[torch.argsort(batch["group"][mb_rows], stable=True)]
+            if not update_minibatch(acc, cfg, state, batch, mb_rows, trunk_at, agg):
+                skipped += 1
+    return agg, skipped
+
+
+def update_minibatch(acc, cfg: Config, state: TrainState, batch: dict, mb_rows, trunk_at, agg: dict) -> bool:
+    """One optimiser step on the minibatch `mb_rows`, accumulating gradients over micro-batches; False when
+    a loss or the gradient was not finite on some process (the step is skipped: nothing changes)."""
+    optimizer = state.optimizer
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_weight = batch["loss_weight"]
+    optimizer.zero_grad(set_to_none=True)
+    # the step's loss is the mean over all processes' tokens (or trajectories)
+    if cfg.loss_agg == "token_mean":
+        total = _sum_all(acc, loss_weight[mb_rows].sum())
+    else:
+        total = _sum_all(acc, torch.tensor(float(len(mb_rows)), device=mb_rows.device))
+    ok = True
+    for micro_rows in mb_rows.split(cfg.micro_batch_size):
+        micro = _select(batch, micro_rows)
+        with acc.autocast():
+            loss, m = _micro_loss(state.model, state.value_head, micro, cfg, trunk_at)
+        if not algos.is_finite_loss(loss):
+            ok = False
+            break
+        share = loss_weight[micro_rows].sum() if cfg.loss_agg == "token_mean" else len(micro_rows)
+        acc.backward(loss * (float(share) / max(total, 1e-12)))
+        for k, v in m.items():
+            agg.setdefault(k, []).append(float(v))
+    ok = _all_true(acc, ok)
+    if ok:
+        _reduce_gradients(acc, params)
+        gnorm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        ok = bool(torch.isfinite(torch.as_tensor(gnorm)))
+        agg.setdefault("grad_norm", []).append(float(gnorm))
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return ok
+
+
+def log_step(acc, out: Path, m: dict) -> None:
+    """One step's metrics: a line of metrics.jsonl (the source of truth) and the trackers' numbers."""
+    if acc.is_main_process:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+    if acc.log_with:
+        numbers = {k: v for k, v in m.items() if k != "step" and isinstance(v, (int, float))}
+        acc.log(numbers, step=m["step"])
 
 
 # ----------------------------------------------------------------------------- pieces of a step
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
+def make_accelerator(cfg: Config, out: Path | None = None) -> Accelerator:
     """One Accelerator per process: fp16 autocast + loss scaling when the policy computes in fp16 on a GPU,
-    bf16 autocast for bf16 on a GPU, nothing extra on the CPU (the CPU model is loaded in its dtype)."""
+    bf16 autocast for bf16 on a GPU, nothing extra on the CPU (the CPU model is loaded in its dtype); with a
+    run folder `out`, the trackers of `cfg.log_with` writing into it."""
+    trackers = {} if out is None else dict(log_with=tracker(cfg), project_dir=out)
     if not torch.cuda.is_available():  # cpu=True: several CPU processes (torchrun) join as MULTI_CPU
-        return Accelerator(cpu=True, mixed_precision="no")
+        return Accelerator(cpu=True, mixed_precision="no", **trackers)
     mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(compute_dtype(cfg), "no")
-    return Accelerator(mixed_precision=mp)
+    return Accelerator(mixed_precision=mp, **trackers)
+
+
+def tracker(cfg: Config) -> str | None:
+    """accelerate's tracker for `cfg.log_with`: "auto" is TensorBoard when it is installed, else none; a
+    tracker asked for by name and not installed is an error."""
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    if cfg.log_with == "auto":
+        return "tensorboard" if available["tensorboard"] else None
+    if cfg.log_with == "none":
+        return None
+    if not available[cfg.log_with]:
+        raise ValueError(
+            f"log_with={cfg.log_with} needs the {cfg.log_with} package: pip install {cfg.log_with}, "
+            "or log_with=none"
+        )
+    return cfg.log_with
+
+
+def start_trackers(acc: Accelerator, cfg: Config, out: Path) -> None:
+    """TensorBoard writes into `out/tensorboard/`; a resumed run's events replace those of the steps after
+    its checkpoint (`purge_step`), as its metrics.jsonl lines do. W&B files the run under "agentr1_nb"."""
+    if tracker(cfg) != "tensorboard":
+        acc.init_trackers("agentr1_nb")
+        return
+    last = max((r["step"] for r in load_metrics(out)), default=0)  # the checkpoint's step, after resume
+    acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": last + 1}})
 
 
 def _hidden_size(model) -> int:
@@ -409,7 +459,7 @@ def recompute_old_logprobs(cfg: Config) -> bool:
     return cfg.load_in_4bit or compute_dtype(cfg) != torch.float32
 
 
-def _logprobs(model, ids, am, cfg: Config, positions=None, trunk=None, trunk_at=None) -> torch.Tensor:
+def _logprobs(model, cfg: Config, trunk_at: int | None, ids, am, positions=None, trunk=None) -> torch.Tensor:
     """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only; from the
     rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H))."""
     return token_logprobs(
@@ -560,203 +610,3 @@ def _gather_means(acc: Accelerator, values: dict[str, list[float]]) -> dict[str,
         s, n = acc.reduce(t, reduction="sum").tolist()
         out[k] = s / n if n else float("nan")
     return out
-
-
-# ----------------------------------------------------------------------------- run folder, lock, checkpoints
-
-
-class run_lock:  # noqa: N801 - used as a context manager, like open()
-    """An exclusive lock on a run folder (`out/.lock`, holding the pid), so that two runs never write into
-    the same folder; the second gets a clear error naming the holder. Other processes of the same
-    `accelerate launch` pass `exclusive=False` (the main process holds the lock for them)."""
-
-    def __init__(self, out: Path, exclusive: bool = True):
-        self.path, self.exclusive, self.fd = out / ".lock", exclusive, None
-
-    def __enter__(self):
-        if not self.exclusive:
-            return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            raise RuntimeError(
-                f"run folder {self.path.parent} is in use by another training run (pid {holder}); "
-                "wait for it to finish or use another --out"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-        return False
-
-
-def checkpoint_complete(folder: Path) -> bool:
-    return (folder / "state.pt").is_file() and (folder / "adapter" / "adapter_config.json").is_file()
-
-
-def find_checkpoint(out: Path) -> Path | None:
-    """`out/checkpoint` when complete, else `out/checkpoint.old` (a kill between the two renames of a save
-    leaves it complete), else None."""
-    for name in ("checkpoint", "checkpoint.old"):
-        if checkpoint_complete(out / name):
-            return out / name
-    return None
-
-
-def config_changes(stored: dict, cfg: Config) -> tuple[dict, dict]:
-    """(forbidden, allowed) differences between a run's stored config and `cfg`: {field: (old, new)}."""
-    new = cfg.to_dict()
-    diff = {k: (stored.get(k), v) for k, v in new.items() if k in stored and stored[k] != v}
-    allowed = {k: d for k, d in diff.items() if k in RESUMABLE_FIELDS}
-    return {k: d for k, d in diff.items() if k not in allowed}, allowed
-
-
-def prepare_run_dir(out: Path, cfg: Config, resume: bool, write: bool = True) -> Path | None:
-    """The checkpoint to resume from (None: start at step 0), after checking the run folder.
-
-    resume=False deletes the folder's history (metrics, checkpoints). resume=True resumes from a complete
-    checkpoint whose config differs from `cfg` only in `RESUMABLE_FIELDS`; history that cannot be resumed
-    (metrics without a checkpoint) is an error rather than silently overwritten.
-    """
-    metrics = out / "metrics.jsonl"
-    if not resume:
-        if write:
-            for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            metrics.unlink(missing_ok=True)
-            atomic_write_json(out / "config.json", cfg.to_dict())
-        return None
-    ckpt = find_checkpoint(out)
-    if ckpt is None:
-        has_history = metrics.is_file() and metrics.stat().st_size > 0
-        broken = [n for n in ("checkpoint", "checkpoint.old") if (out / n).exists()]
-        if has_history or broken:
-            raise RuntimeError(
-                f"run folder {out} has history ({'metrics.jsonl' if has_history else ''}"
-                f"{' and ' if has_history and broken else ''}{', '.join(broken)}) but no complete checkpoint "
-                "to resume from; pass --no-resume (resume=False) to start over and delete it, or use another --out"
-            )
-        if write:
-            atomic_write_json(out / "config.json", cfg.to_dict())
-        return None
-    state = _load_state(ckpt)
-    stored = state.get("config") or {}
-    forbidden, allowed = config_changes(stored, cfg)
-    if forbidden:
-        raise ValueError(
-            f"cannot resume {out} with a different config: "
-            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in forbidden.items())
-            + "; these change what the run learns. Use the stored values, another --out, or --no-resume"
-        )
-    if ckpt.name == "checkpoint.old":
-        print(f"resuming from {ckpt}: {out / 'checkpoint'} is incomplete (a save was interrupted)")
-    if allowed:
-        print("resuming with changed " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in allowed.items()))
-    if write:
-        _truncate_metrics(metrics, state["step"])
-        atomic_write_json(out / "config.json", cfg.to_dict())
-    return ckpt
-
-
-def _load_state(ckpt: Path) -> dict:
-    try:
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - zero-byte, truncated or foreign files
-        raise RuntimeError(
-            f"checkpoint file {ckpt / 'state.pt'} is unreadable ({type(e).__name__}: {e})"
-        ) from e
-    if not isinstance(state, dict) or "step" not in state:
-        raise RuntimeError(f"checkpoint file {ckpt / 'state.pt'} is not a training state")
-    return state
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, forget metric lines written after the checkpoint we restart from (a torn last line too)."""
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            row = json.loads(ln)
-        except ValueError:
-            continue
-        if row.get("step", 0) <= last_step:
-            keep.append(ln)
-    path.write_text("".join(k + "\n" for k in keep))
-
-
-def save_checkpoint(acc, out: Path, step, bad_steps, model, optimizer, scheduler, sampler, value_head, cfg):
-    """Write `out/checkpoint` atomically: every process writes its RNG state into `checkpoint.tmp`, the main
-    process the rest, then it replaces the old checkpoint (`common.replace_dir`)."""
-    tmp = out / "checkpoint.tmp"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_{acc.process_index}.pt")
-    if acc.is_main_process:
-        model.save_pretrained(tmp / "adapter")
-        state = {
-            "step": step,
-            "bad_steps": bad_steps,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
-            "value_head": None if value_head is None else value_head.state_dict(),
-            "config": cfg.to_dict(),
-            "world_size": acc.num_processes,
-        }
-        torch.save(state, tmp / "state.pt")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        replace_dir(tmp, out / "checkpoint")
-    acc.wait_for_everyone()
-
-
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, value_head, rank: int = 0):
-    """Restore a checkpoint into the run's objects; returns (step, bad_steps)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = _load_state(ckpt)
-    weights_file = ckpt / "adapter" / "adapter_model.safetensors"
-    try:
-        weights = load_file(str(weights_file))
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt safetensors
-        raise RuntimeError(f"adapter file {weights_file} is unreadable ({type(e).__name__}: {e})") from e
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    sampler.load_state_dict(state["sampler"])
-    if value_head is not None and state["value_head"] is not None:
-        value_head.load_state_dict(state["value_head"])
-    rng_file = ckpt / f"rng_{rank}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    elif "rng" in state:  # checkpoints written before the per-process RNG files
-        set_rng_state(state["rng"])
-    else:
-        raise RuntimeError(
-            f"checkpoint {ckpt} has no RNG state for process {rank} (was it written by fewer processes?)"
-        )
-    return state["step"], state["bad_steps"]
-
-
-def load_metrics(out_dir: str | Path) -> list[dict]:
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for ln in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(ln))
-        except ValueError:
-            continue  # a line torn by a kill
-    return rows

@@ -322,8 +322,9 @@ def test_sft_warmup_keeps_every_tensor_on_the_models_device(tokenizer, task):
 
 
 def test_detector_fails_when_train_does_not_move_the_batch(tmp_path, tokenizer, task):
+    # the batch is moved to the device where it is built
     with pytest.raises(DeviceMismatch, match="host tensors"):
-        _train(tmp_path, tokenizer, task, "grpo", skip_moves_in=[train_mod.train])
+        _train(tmp_path, tokenizer, task, "grpo", skip_moves_in=[train_mod.build_batch])
 
 
 def test_detector_fails_when_the_value_head_stays_on_the_host(tmp_path, tokenizer, task, monkeypatch):

@@ -52,7 +52,7 @@ def fresh_accelerate_state():
 def _fp16_accelerator(scaled: bool):
     """What `make_accelerator` builds on a T4 (fp16 autocast + a GradScaler), on the CPU."""
 
-    def make(cfg):
+    def make(cfg, out=None):
         acc = Accelerator(cpu=True, mixed_precision="fp16")
         acc.native_amp = True  # autocast(fp16) in acc.autocast(), unscale in acc.clip_grad_norm_
         acc.scaler = torch.amp.GradScaler("cpu", enabled=scaled)  # CUDA: GradScaler("cuda"), init scale 2**16

@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 
+from agentr1_nb import checkpoint as ckpt_mod
 from agentr1_nb import experiment, runs
 from agentr1_nb import train as train_mod
+from agentr1_nb.checkpoint import load_metrics, run_lock
 from agentr1_nb.config import get_config
 from agentr1_nb.env import build_task
 from agentr1_nb.sft import gold_episode, sft_warmup
-from agentr1_nb.train import TrainingStopped, load_metrics, run_lock, train
+from agentr1_nb.train import TrainingStopped, train
 
 TINY = TINY_RUN + ["minibatch_size=2", "micro_batch_size=1"]
 
@@ -64,7 +66,7 @@ def test_two_step_smoke_run_updates_lora_and_logs(tmp_path, tokenizer, algo):
     assert any(not torch.equal(before[k], after[k]) for k in before), "no LoRA weight changed"
     assert len(load_metrics(tmp_path)) == 2
     assert (tmp_path / "checkpoint" / "adapter" / "adapter_model.safetensors").exists()
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 2 and state["sampler"]["pos"] == 4
 
 
@@ -117,7 +119,7 @@ def test_nan_loss_skips_update_and_stops_keeping_last_good_checkpoint(tmp_path, 
         train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
     after = _lora_state(model)
     assert all(torch.equal(good[k], after[k]) for k in good), "a NaN step must not change the weights"
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 1
     rows = load_metrics(tmp_path)
     assert [r["skipped_updates"] > 0 for r in rows] == [False, True, True]
@@ -210,7 +212,7 @@ def test_interrupt_inside_a_step_keeps_the_last_consistent_checkpoint(tmp_path, 
     monkeypatch.setattr(train_mod, "score_trajectory", interrupt_in_step_two)
     hist = train(cfg, tmp_path, model=model, tokenizer=tokenizer, task=task)
     assert [m["step"] for m in hist] == [1]
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 1 and state["sampler"]["pos"] == 2, "a half-done step must not be saved"
 
 
@@ -235,7 +237,7 @@ def test_a_kill_during_save_then_resume_gives_the_uninterrupted_metrics(
     task = build_task(cfg, tokenizer)
     full = train(cfg, tmp_path / "a", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
 
-    real = train_mod.replace_dir
+    real = ckpt_mod.replace_dir
     saves = {"n": 0}
 
     class Killed(Exception):
@@ -254,10 +256,10 @@ def test_a_kill_during_save_then_resume_gives_the_uninterrupted_metrics(
         tmp.rename(final)
         raise Killed  # killed before the old one was deleted
 
-    monkeypatch.setattr(train_mod, "replace_dir", dying_replace)
+    monkeypatch.setattr(ckpt_mod, "replace_dir", dying_replace)
     with pytest.raises(Killed):
         train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
-    monkeypatch.setattr(train_mod, "replace_dir", real)
+    monkeypatch.setattr(ckpt_mod, "replace_dir", real)
     rest = train(cfg, tmp_path / "b", model=_policy(tokenizer), tokenizer=tokenizer, task=task)
     done = 2 if where == "after_renames" else 1
     assert rest[0]["step"] == done + 1
@@ -485,3 +487,64 @@ def test_the_update_starts_at_the_first_adapted_layer(tmp_path, tokenizer):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     for k in w_new:
         torch.testing.assert_close(w_new[k], w_old[k], atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the numbers stay the numbers
+
+GOLDEN = {
+    "grpo": (
+        ["minibatch_size=2", "micro_batch_size=1"],
+        [
+            dict(reward=-0.0714285708963871, loss=2.12937593460083e-05, grad_norm=0.17644450068473816),
+            dict(reward=-0.10714285634458065, loss=-8.806586265563965e-06, grad_norm=0.1880541890859604),
+        ],
+    ),
+    "ppo": (
+        ["algo=ppo", "kl_coef=0.01", "entropy_coef=0.01", "old_logprobs=recompute", "ppo_epochs=2"]
+        + ["minibatch_size=4", "micro_batch_size=2"],
+        [
+            dict(
+                reward=-0.0714285708963871,
+                loss=-0.10855452716350555,
+                pg_loss=-0.0006559975445270538,
+                grad_norm=0.2918419688940048,
+                kl=6.742775440216064e-07,
+                value_loss=0.06856724061071873,
+                entropy=10.789854049682617,
+            ),
+            dict(
+                reward=-0.0357142835855484,
+                loss=-0.10866820812225342,
+                pg_loss=-0.0007697492837905884,
+                grad_norm=0.2505272477865219,
+                kl=3.958741814358291e-06,
+                value_loss=0.047829387709498405,
+                entropy=10.789848566055298,
+            ),
+        ],
+    ),
+}
+"""Two steps of the tiny run as train.py computed them before the loop was split into a batch builder and
+an update (issue 35; the refactor kept them bit for bit, and the real CPU default's metrics too). A change
+here changes what training computes: re-derive these numbers only for a deliberate change, and say so."""
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_training_computes_what_it_computed_before(tmp_path, tokenizer, monkeypatch, name):
+    """Rewards made to vary between samples (a fixed function of the sampled tokens: the tiny random model
+    never answers), so that advantages, losses and gradients are not all zero."""
+    real = train_mod.score_trajectory
+
+    def varied(traj, cfg):
+        real(traj, cfg)
+        traj.reward = (sum(traj.token_ids) % 7) / 7.0 - 0.5
+
+    monkeypatch.setattr(train_mod, "score_trajectory", varied)
+    overrides, expected = GOLDEN[name]
+    cfg = get_config("cpu_demo", TINY_RUN + overrides + ["steps=2", "log_with=none"])
+    hist = train(
+        cfg, tmp_path, model=_policy(tokenizer), tokenizer=tokenizer, task=build_task(cfg, tokenizer)
+    )
+    for got, want in zip(hist, expected, strict=True):
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (k, got[k], v)

@@ -17,12 +17,12 @@ from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
 from agentr1_nb import experiment, trl_backend
 from agentr1_nb.__main__ import main
 from agentr1_nb.actions import STOP_STRINGS, format_call
+from agentr1_nb.checkpoint import load_metrics
 from agentr1_nb.config import get_config
 from agentr1_nb.env import build_task
 from agentr1_nb.logprobs import token_logprobs
 from agentr1_nb.rewards import score_trajectory, trajectory_scores
 from agentr1_nb.rollout import rollout
-from agentr1_nb.train import load_metrics
 from agentr1_nb.vllm_engine import engine_rollout
 
 TINY = TINY_RUN + ["minibatch_size=4", "micro_batch_size=2", "sft_warmup_steps=0", "eval_questions=2"]
