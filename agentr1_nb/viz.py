@@ -6,6 +6,7 @@ matplotlib is imported inside the plotting functions, so `render_trajectory_html
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -333,15 +334,20 @@ def _run_kind(report: dict) -> tuple[str, str]:
     return report["config"]["algo"].upper(), "on" if report["use_process_reward"] else "off"
 
 
+def _recipe(report: dict) -> str:
+    """A run's whole config but its seed: runs with the same recipe differ in the seed only."""
+    return json.dumps({k: v for k, v in report["config"].items() if k != "seed"}, sort_keys=True, default=str)
+
+
 def runs_table(records: dict[str, dict]) -> str:
     """The shipped demo runs (`runs.shipped_runs()`): one row per run, then, for each (algorithm, process
-    reward) that several seeds ran, the mean over the seeds with their range. Runs are grouped by what their
-    report says they ran, not by their names."""
+    reward) that several seeds ran with the same config, the mean over the seeds with their range. Runs are
+    grouped by the config their report says they ran (all of it but the seed), not by their names."""
     rows, groups = [], {}
     for name, rec in records.items():
         r = rec["report"]
         algo, pr = _run_kind(r)
-        groups.setdefault((algo, pr), []).append(r)
+        groups.setdefault(_recipe(r), []).append(r)
         rows.append(
             {
                 "run": name,
@@ -355,9 +361,10 @@ def runs_table(records: dict[str, dict]) -> str:
                 "searches before -> after": f"{r['mean_searches_before']:.2f} -> {r['mean_searches_after']:.2f}",
             }
         )
-    for (algo, pr), reps in groups.items():
+    for reps in groups.values():
         if len(reps) < 2:
             continue
+        algo, pr = _run_kind(reps[0])
 
         def mean(key: str, reps=reps) -> str:
             xs = [r[key] for r in reps]

@@ -193,9 +193,10 @@ def test_runs_table_groups_by_what_the_report_says_not_by_name():
         "x": {"report": _report(0, em=0.2)},
         "y": {"report": _report(1, em=0.4)},
         "z": {"report": _report(0, algo="rloo")},
+        "w": {"report": {**_report(2, em=0.9), "config": {"algo": "grpo", "lr": 1.0}}},  # another recipe
     }
     lines = viz.runs_table(records).splitlines()
-    assert len(lines) == 2 + 3 + 1  # head, rule, three runs, one mean (GRPO, two seeds; RLOO ran one)
+    assert len(lines) == 2 + 4 + 1  # head, rule, four runs, one mean (GRPO x 2 seeds; RLOO and lr=1 ran one)
     assert "mean over 2 seeds** | GRPO | on | 0, 1 |" in lines[-1] and "0.30 (0.20-0.40)" in lines[-1]
 
 
