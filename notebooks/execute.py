@@ -27,6 +27,8 @@ The stamp, `nb.metadata["agentr1_nb"]`, records what the outputs came from, and 
 outputs no longer come from the code beside it. It imports this file by path: the stamp logic is here only.
 
 Run one notebook at a time on a shared machine (`OMP_NUM_THREADS=1` keeps the figures stable on 2 cores).
+The committed outputs of 02 and 06 show the real-dataset samples: run from a checkout with `../shared/data`
+beside it or with `AGENTR1_DATA` set (it warns when the samples are missing).
 """
 
 from __future__ import annotations
@@ -418,6 +420,21 @@ def execute(path: Path, timeout: float | None = None, progress: bool = True) -> 
     )
 
 
+def samples_warning() -> str | None:
+    """A line to print before running notebooks when the real-dataset samples are not where the package looks
+    (`config.default_data_dir()`): 02 and 06 would commit their no-samples outputs."""
+    from agentr1_nb.config import default_data_dir
+    from agentr1_nb.data import DEFAULT_SAMPLES
+
+    missing = [s for s in DEFAULT_SAMPLES.values() if not (Path(default_data_dir()) / s).is_file()]
+    if not missing:
+        return None
+    return (
+        f"warning: no real-dataset samples in {default_data_dir()} (missing {', '.join(missing)}): the notebooks "
+        "that read them will show the generated world only. Set AGENTR1_DATA to the samples' folder."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -446,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{len(paths)} notebook(s): outputs come from the current code")
             return 1 if stale else 0
         paths = stale
+    warning = samples_warning() if paths else None
+    if warning:
+        print(warning, file=sys.stderr)
     failed = []
     for p in paths:
         print(f"--- {p.name}", flush=True)
