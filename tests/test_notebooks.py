@@ -218,3 +218,14 @@ def test_notebook_runs_without_the_samples(name, tmp_path, monkeypatch):
         o.get("text", "") for c in out.cells for o in c.get("outputs", []) if o.get("name") == "stdout"
     )
     assert "No real-dataset samples" in text and "AGENTR1_DATA" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_import_tables_and_read_todays_runs_only(path):
+    """Markdown tables come from the package (`viz`, `compare`), not from rows built by hand in a cell; the
+    shipped runs read are today's preset's (no recipe-history `v1_*` / `v2_*` folders)."""
+    code = [c.source for c in _read(path).cells if c.cell_type == "code"]
+    assert not [s for s in code if "---|" in s], (
+        "a code cell builds a Markdown table by hand: use viz.markdown_rows"
+    )
+    assert not [s for s in code if "v1_" in s or "v2_" in s], "a code cell reads recipe-history runs"
