@@ -42,6 +42,13 @@ GPU_CHECK_PRESETS ?= colab_t4
 gpu-check: setup
 	for p in $(GPU_CHECK_PRESETS); do $(PY) -m agentr1_nb check --preset $$p --json || exit $$?; done
 
+# Re-execute every notebook in FAST mode, one after the other, and stamp it (notebooks/execute.py): for a
+# release, about 10-20 minutes on 2 CPU cores. Only the stale ones: make notebooks NOTEBOOK_ARGS=--stale.
+NOTEBOOK_ARGS ?=
+.PHONY: notebooks
+notebooks: setup
+	OMP_NUM_THREADS=1 $(PY) notebooks/execute.py --no-progress $(NOTEBOOK_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check agentr1_nb tests
 	$(VENV)/bin/ruff format --check agentr1_nb tests

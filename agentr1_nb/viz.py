@@ -6,6 +6,7 @@ matplotlib is imported inside the plotting functions, so `render_trajectory_html
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -268,3 +269,129 @@ def render_trajectory_html(
     )
     body = "".join(boxes)
     return f"{style}<div style='font-family:monospace;font-size:12px;line-height:1.7'>{head}<div>{body}</div>{table}</div>"
+
+
+# ------------------------------------------------------------------------------------ Markdown tables
+def _cell(value, floatfmt: str) -> str:
+    """One table cell: floats by `floatfmt`, None and NaN empty, `|` escaped, line breaks as spaces."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = format(value, floatfmt) if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_rows(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".3g") -> str:
+    """A Markdown table of `rows` (one dict each); `columns` defaults to the keys in first-seen order, and a
+    key a row lacks gives an empty cell. Floats are written with `floatfmt`."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c), floatfmt) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def config_table(configs: dict, fields: list[str]) -> str:
+    """One row per config field, one column per named config (`{name: Config}`)."""
+    rows = [{"field": f"`{f}`", **{name: getattr(c, f) for name, c in configs.items()}} for f in fields]
+    return markdown_rows(rows, ["field", *configs], floatfmt="g")
+
+
+def _with_ci(value: float, ci) -> str:
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def before_after_table(report: dict) -> str:
+    """Held-out EM before and after RL from a run's report.json (`runs.demo`): by question kind, the
+    multi-hop pool (bridge + 3-hop) and all questions with their 95% intervals, and searches per question."""
+    before, after = report["em_by_kind_before"], report["em_by_kind_after"]
+    rows = [{"held-out EM": k, "before RL": before.get(k), "after RL": after[k]} for k in sorted(after)]
+    rows.append(
+        {
+            "held-out EM": f"**bridge + 3-hop** (n={report['multihop_n']})",
+            "before RL": _with_ci(report["multihop_em_before"], report["multihop_em_before_ci95"]),
+            "after RL": _with_ci(report["multihop_em_after"], report["multihop_em_after_ci95"]),
+        }
+    )
+    rows.append(
+        {
+            "held-out EM": f"**all** (n={report['after']['n']})",
+            "before RL": _with_ci(report["em_before"], report["em_before_ci95"]),
+            "after RL": _with_ci(report["em_after"], report["em_after_ci95"]),
+        }
+    )
+    rows.append(
+        {
+            "held-out EM": "searches per question",
+            "before RL": report["mean_searches_before"],
+            "after RL": report["mean_searches_after"],
+        }
+    )
+    return markdown_rows(rows, floatfmt=".2f")
+
+
+def _run_kind(report: dict) -> tuple[str, str]:
+    """What a shipped run varies: its algorithm and whether the process reward was on."""
+    return report["config"]["algo"].upper(), "on" if report["use_process_reward"] else "off"
+
+
+def _recipe(report: dict) -> str:
+    """A run's whole config but its seed: runs with the same recipe differ in the seed only."""
+    return json.dumps({k: v for k, v in report["config"].items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def runs_table(records: dict[str, dict]) -> str:
+    """The shipped demo runs (`runs.shipped_runs()`): one row per run, then, for each (algorithm, process
+    reward) that several seeds ran with the same config, the mean over the seeds with their range. Runs are
+    grouped by the config their report says they ran (all of it but the seed), not by their names."""
+    rows, groups = [], {}
+    for name, rec in records.items():
+        r = rec["report"]
+        algo, pr = _run_kind(r)
+        groups.setdefault(_recipe(r), []).append(r)
+        rows.append(
+            {
+                "run": name,
+                "algorithm": algo,
+                "process reward": pr,
+                "seed": r["seed"],
+                "EM before -> after RL": f"{_with_ci(r['em_before'], r['em_before_ci95'])} -> "
+                f"{_with_ci(r['em_after'], r['em_after_ci95'])}",
+                "bridge + 3-hop EM before -> after": f"{_with_ci(r['multihop_em_before'], r['multihop_em_before_ci95'])}"
+                f" -> {_with_ci(r['multihop_em_after'], r['multihop_em_after_ci95'])} (n={r['multihop_n']})",
+                "searches before -> after": f"{r['mean_searches_before']:.2f} -> {r['mean_searches_after']:.2f}",
+            }
+        )
+    for reps in groups.values():
+        if len(reps) < 2:
+            continue
+        algo, pr = _run_kind(reps[0])
+
+        def mean(key: str, reps=reps) -> str:
+            xs = [r[key] for r in reps]
+            return f"{sum(xs) / len(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+        rows.append(
+            {
+                "run": f"**mean over {len(reps)} seeds**",
+                "algorithm": algo,
+                "process reward": pr,
+                "seed": ", ".join(str(r["seed"]) for r in reps),
+                "EM before -> after RL": f"{mean('em_before')} -> {mean('em_after')}",
+                "bridge + 3-hop EM before -> after": f"{mean('multihop_em_before')} -> {mean('multihop_em_after')}",
+                "searches before -> after": f"{mean('mean_searches_before')} -> {mean('mean_searches_after')}",
+            }
+        )
+    return markdown_rows(rows)
+
+
+def missing_samples_note(data_dir: str | Path, samples) -> str | None:
+    """One line saying which real-dataset samples (paths relative to `data_dir`, e.g.
+    `data.DEFAULT_SAMPLES.values()`) are missing and how to get them; None when all are there."""
+    missing = [s for s in samples if not (Path(data_dir) / s).is_file()]
+    if not missing:
+        return None
+    return (
+        f"No real-dataset samples in {data_dir} (missing: {', '.join(missing)}): shown here is the generated "
+        "world only. To add HotpotQA and 2Wiki, put the samples there or set AGENTR1_DATA to their folder "
+        "(data/README.md says where they come from), or run online (the Hugging Face hub)."
+    )

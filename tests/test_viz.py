@@ -159,3 +159,57 @@ def test_render_trajectory_html_escapes_and_colours(tokenizer):
     assert one.count('class="ar1-act"') == traj.turn_ends[0] - traj.turn_starts[0] + 1 == n1
     assert viz.render_trajectory_html(traj, tokenizer, turn=1).count('class="ar1-act"') == n2
     assert "does not exist" in viz.render_trajectory_html(traj, tokenizer, turn=7)
+
+
+# ------------------------------------------------------------------------------------ Markdown tables
+def test_markdown_rows_fills_gaps_formats_floats_and_escapes_pipes():
+    text = viz.markdown_rows([{"a": 0.123456, "b": "x|y"}, {"a": float("nan"), "c": None}])
+    assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| 0.123 | x\\|y |  |", "|  |  |  |"]
+    assert viz.markdown_rows([{"a": 1.5}], columns=["a"], floatfmt=".2f").splitlines()[-1] == "| 1.50 |"
+
+
+def test_config_table_is_one_row_per_field_one_column_per_config():
+    from agentr1_nb.config import get_config
+
+    text = viz.config_table({"A": get_config("cpu_demo"), "B": get_config("colab_t4")}, ["model", "steps"])
+    head, rule, model, steps = text.splitlines()
+    assert head == "| field | A | B |" and model.startswith("| `model` |")
+    assert steps == f"| `steps` | {get_config('cpu_demo').steps} | {get_config('colab_t4').steps} |"
+
+
+def _report(seed, algo="grpo", process=True, em=0.2):
+    ci = [0.1, 0.3]
+    return {
+        "seed": seed, "config": {"algo": algo}, "use_process_reward": process, "em_before": 0.1,
+        "em_before_ci95": ci, "em_after": em, "em_after_ci95": ci, "multihop_em_before": 0.0,
+        "multihop_em_before_ci95": ci, "multihop_em_after": em, "multihop_em_after_ci95": ci, "multihop_n": 45,
+        "mean_searches_before": 1.0, "mean_searches_after": 2.0, "em_by_kind_before": {"bridge": 0.0},
+        "em_by_kind_after": {"bridge": em}, "after": {"n": 100},
+    }  # fmt: skip
+
+
+def test_runs_table_groups_by_what_the_report_says_not_by_name():
+    records = {
+        "x": {"report": _report(0, em=0.2)},
+        "y": {"report": _report(1, em=0.4)},
+        "z": {"report": _report(0, algo="rloo")},
+        "w": {"report": {**_report(2, em=0.9), "config": {"algo": "grpo", "lr": 1.0}}},  # another recipe
+    }
+    lines = viz.runs_table(records).splitlines()
+    assert len(lines) == 2 + 4 + 1  # head, rule, four runs, one mean (GRPO x 2 seeds; RLOO and lr=1 ran one)
+    assert "mean over 2 seeds** | GRPO | on | 0, 1 |" in lines[-1] and "0.30 (0.20-0.40)" in lines[-1]
+
+
+def test_before_after_table_lists_kinds_multihop_all_and_searches():
+    lines = viz.before_after_table(_report(0, em=0.25)).splitlines()
+    assert lines[2] == "| bridge | 0.00 | 0.25 |"
+    assert lines[3].startswith("| **bridge + 3-hop** (n=45) | 0.00 [0.10, 0.30] | 0.25 [0.10, 0.30]")
+    assert lines[-1] == "| searches per question | 1.00 | 2.00 |"
+
+
+def test_missing_samples_note_names_what_is_missing(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.json").write_text("[]")
+    assert viz.missing_samples_note(tmp_path, ["a/x.json"]) is None
+    note = viz.missing_samples_note(tmp_path, ["a/x.json", "b/y.json"])
+    assert "b/y.json" in note and "a/x.json" not in note and "AGENTR1_DATA" in note and "\n" not in note
