@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "GRPO and PPO steps, memory against memory_budget; one line per phase and a summary",
     )
     p.add_argument("--tiny", action="store_true", help="a tiny random Qwen2 with the preset's settings (CPU)")
-    p.add_argument("--steps", type=int, default=2, help="training steps of the train phase")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps of the train phase (2; 1 with --full-size)"
+    )
     p.add_argument(
         "--weights",
         choices=["auto", "pretrained", "random"],
@@ -168,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the preset's model, random weights of its architecture, or pretrained if loadable (auto)",
     )
     p.add_argument("--no-ppo", action="store_true", help="skip the PPO step")
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="rehearse the preset at its real size (on a CPU: bf16/fp32, 2 turns of 16 tokens, no PPO step): "
+        "its tensors measured against memory_budget, and the preset's time plan",
+    )
     p.add_argument("--json", action="store_true", help="one JSON line per phase")
     _add_config_args(p, default_preset="colab_t4")
     return ap
@@ -267,11 +275,12 @@ def _run(args: argparse.Namespace) -> int:
         lines = run_check(
             args.preset,
             tiny=args.tiny,
-            steps=args.steps,
+            steps=args.steps if args.steps is not None else (1 if args.full_size else 2),
             overrides=args.overrides,
             weights=args.weights,
             ppo=not args.no_ppo,
             emit=lambda line: _print(line, args.json),
+            full_size=args.full_size,
         )
         return 0 if lines[-1]["ok"] else 1
     elif args.command == "ask":
