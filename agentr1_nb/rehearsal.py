@@ -32,7 +32,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from . import algos
-from .config import Config
+from .config import Config, get_config
 from .memory import GB, QWEN25_3B_CONFIG, memory_budget
 from .policy import decoder_layers, fp32_module_patterns, load_tokenizer, token_logprobs
 
@@ -389,3 +389,18 @@ def terms_table(lines: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def repredict(lines: list[dict]) -> dict[str, dict]:
+    """`measured_vs_predicted` of a full-size check's lines redone with today's `memory_budget`: the raw
+    measurements of its `measure` line, and the config it ran (the preset with the settings its summary
+    says it changed, in the dtype its `env` line reports)."""
+    by = {ln["phase"]: ln for ln in lines}
+    summary, measure = by["summary"], by["measure"]
+    changed = {c["field"]: c["rehearsal"] for c in summary["changed"] if c["field"] != "model"}
+    dtypes = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    changed["compute_dtype"] = dtypes[by["env"]["dtype"]]
+    preset = get_config(summary["preset"])
+    cfg = get_config(summary["preset"], changed)
+    arch = preset_architecture(preset.model)
+    return measured_vs_predicted(arch, cfg, measure["measured"])
