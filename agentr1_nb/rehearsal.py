@@ -370,25 +370,22 @@ def load_rehearsal(path: str | Path | None = None) -> dict:
     return json.loads(target.read_text())
 
 
-def terms_table(lines: list[dict]) -> list[dict]:
-    """One row per measured term of a full-size check's lines: GB measured and predicted, the ratio, and
-    why where it is off by more than 10 %."""
-    measure = next(ln for ln in lines if ln["phase"] == "measure")
-    why = measure.get("why_off", {})
-    rows = []
-    for name, t in measure["measured_vs_predicted"].items():
-        rows.append(
-            {
-                "term": name,
-                "params measured": t.get("measured_params"),
-                "params predicted": t.get("predicted_params"),
-                "GB measured": t["measured_bytes"] / GB,
-                "GB predicted": t["predicted_bytes"] / GB,
-                "measured / predicted": t["ratio"],
-                "why off": "" if t["within_10pct"] else why.get(name, "?"),
-            }
-        )
-    return rows
+def terms_table(terms: dict[str, dict], why_off: dict[str, str] | None = None) -> list[dict]:
+    """One row per term of `measured_vs_predicted`: GB measured and predicted, the ratio, and why where it is
+    off by more than 10 % (`why_off`, by term)."""
+    why = why_off or {}
+    return [
+        {
+            "term": name,
+            "params measured": t.get("measured_params"),
+            "params predicted": t.get("predicted_params"),
+            "GB measured": t["measured_bytes"] / GB,
+            "GB predicted": t["predicted_bytes"] / GB,
+            "measured / predicted": t["ratio"],
+            "why off": "" if t["within_10pct"] else why.get(name, "?"),
+        }
+        for name, t in terms.items()
+    ]
 
 
 def repredict(lines: list[dict]) -> dict[str, dict]:
