@@ -8,9 +8,14 @@ Shapes and bytes, in the spirit of nanoGPT's `transformer_sizing.ipynb`. `time_p
 - NF4 with double quantisation for every linear layer except `fp32_modules` (fp32 weights and biases:
   `colab_t4`'s first four MLPs, +0.94 GB); embedding, norms and biases in the compute dtype (`load_policy`
   keeps them 16-bit); LoRA weights fp32 with fp32 gradients and two Adam moments.
-- Checkpointing keeps each layer's 16-bit input; the backward recomputes one layer, whose saved tensors
-  are ~7 hidden-sized and 4 intermediate-sized 16-bit tensors per token plus the fp32 copies of their
-  inputs that peft's LoRA layers make (6 hidden + 1 intermediate), doubled for their gradients.
+- Checkpointing keeps each layer's 16-bit input, and outside the layers the final RMSNorm's fp32 input; the
+  backward recomputes one layer, doubled for its gradients. What one layer saves per token
+  (`layer_saved_bytes_per_token`, counted tensor by tensor by `check --full-size`): 16-bit, the query and the
+  attention output, K and V expanded to every head (SDPA's `repeat_kv` with a padding mask; unpadded on a CPU
+  they stay at kv_heads, 3.5 % less), and the MLP's gate, SiLU(gate) and up (3 intermediate-sized); fp32,
+  the copies of their inputs that peft's LoRA layers make (6 hidden + 1 intermediate: a frozen 4-bit layer
+  saves no input of its own), the two RMSNorms' fp32 inputs, and LoRA's rank-r intermediates. (Under fp16 /
+  bf16 autocast on a GPU the LoRA inputs are saved as 16-bit casts instead: an upper bound there.)
   Attention is SDPA (no T x T matrix).
 - Logits: naive = the fp32 logits, their log-softmax and its gradient at once (3 x 4 bytes per token and
   vocabulary entry; `bench_logprobs` measures 2 of them in the forward); chunked = the same for
@@ -174,7 +179,6 @@ def memory_budget(model_config: dict, cfg: Config) -> dict:
     d = _dims(model_config)
     counts = param_counts(model_config)
     wbytes = compute_dtype(cfg).itemsize
-    h, i = d["hidden"], d["inter"]
     w = weight_terms(model_config, cfg)
     weights = w["4-bit"] + w["fp32 modules"] + w["16-bit"]
     lora = lora_param_count(model_config, cfg.lora_r, cfg.lora_target_modules, cfg.lora_top_layers)
@@ -182,7 +186,7 @@ def memory_budget(model_config: dict, cfg: Config) -> dict:
     static = {"weights": weights / GB, "LoRA + Adam": lora_state / GB}
 
     kv_per_token = 2 * d["layers"] * d["kv_heads"] * d["head_dim"] * wbytes
-    layer_per_token = (7 * h + 4 * i) * wbytes + (6 * h + i) * 4  # saved tensors of one layer
+    layer_per_token = layer_saved_bytes_per_token(model_config, cfg)
     rollout_batch = cfg.questions_per_step * cfg.group_size
     roll = _rollout_moments(d, cfg, rollout_batch, kv_per_token, layer_per_token, wbytes)
     eval_roll = _rollout_moments(d, cfg, cfg.eval_batch_size, kv_per_token, layer_per_token, wbytes)
@@ -220,6 +224,7 @@ def memory_budget(model_config: dict, cfg: Config) -> dict:
         "activations_ckpt_gb": act_ckpt / GB,
         "ckpt_inputs_gb": t["ckpt_inputs"] / GB,
         "layer_saved_gb": t["layer_saved"] / GB,
+        "outside_layers_gb": t["outside"] / GB,
         "activations_no_ckpt_gb": act_full / GB,
         "rollout_peak_gb": rollout_peak,
         "eval_rollout_peak_gb": sum(static.values()) + max(sum(m.values()) for m in eval_roll.values()) / GB,
@@ -251,11 +256,24 @@ def _phases(static: dict, roll: dict, t: dict) -> dict[str, dict[str, float]]:
     return phases
 
 
+def layer_saved_bytes_per_token(model_config: dict, cfg: Config) -> int:
+    """Bytes one decoder layer saves for its backward, per token (see the module docstring): 16-bit, the query
+    and the attention output, K and V expanded to every head, the MLP's gate, its activation and up; fp32, the
+    copies of their inputs that peft's LoRA layers make (a frozen 4-bit layer saves no input), the two
+    RMSNorms' fp32 inputs, and LoRA's rank-r intermediates."""
+    d = _dims(model_config)
+    h, i, q = d["hidden"], d["inter"], d["heads"] * d["head_dim"]
+    sixteen = (4 * q + 3 * i) * compute_dtype(cfg).itemsize
+    fp32 = (5 * h + q + i) * 4 + 2 * h * 4 + 7 * cfg.lora_r * 4
+    return sixteen + fp32
+
+
 def _train_bytes(d: dict, cfg: Config, layer_per_token: int, wbytes: int) -> dict:
     """Bytes of one micro-batch of micro_batch_size x max_total_tokens tokens in training: activations with
     and without checkpointing (`memory_budget`'s assumptions), logits naive and chunked, the entropy's."""
     tokens = cfg.micro_batch_size * cfg.max_total_tokens
     ckpt_inputs = d["layers"] * tokens * d["hidden"] * wbytes
+    outside = tokens * d["hidden"] * 4  # the final RMSNorm's fp32 input
     layer_saved = tokens * layer_per_token
     logit_bytes = d["vocab"] * 4  # one token's fp32 logits
     chunk_tokens = cfg.micro_batch_size * min(cfg.logprob_chunk, cfg.max_total_tokens)
@@ -263,8 +281,9 @@ def _train_bytes(d: dict, cfg: Config, layer_per_token: int, wbytes: int) -> dic
         "tokens": tokens,
         "ckpt_inputs": ckpt_inputs,
         "layer_saved": layer_saved,
-        "act_ckpt": ckpt_inputs + 2 * layer_saved,  # one recomputed layer and its gradients
-        "act_full": d["layers"] * layer_saved * 2,
+        "outside": outside,
+        "act_ckpt": ckpt_inputs + outside + 2 * layer_saved,  # one recomputed layer and its gradients
+        "act_full": d["layers"] * layer_saved * 2 + outside,
         "logit_bytes": logit_bytes,
         "logits_naive": 3 * tokens * logit_bytes,
         "logits_chunked": 3 * chunk_tokens * logit_bytes,

@@ -14,6 +14,7 @@ from agentr1_nb.memory import (
     budget_peak_gb,
     forward_flops_per_token,
     fp32_module_params,
+    layer_saved_bytes_per_token,
     linear_shapes,
     lora_param_count,
     memory_budget,
@@ -273,3 +274,26 @@ def test_a_run_that_fits_one_session_gets_no_advice_to_shrink():
     assert p["fits_one_session"] is True and len(p["advice"]) == 1
     long = time_plan(QWEN25_3B_CONFIG, get_config("colab_t4", {"steps": 1000}))
     assert long["fits_one_session"] is False and f"steps={long['steps_per_session']}" in long["advice"][1]
+
+
+def test_one_layers_saved_tensors_by_hand():
+    """What one Qwen2.5-3B layer saves for its backward per token, as `check --full-size` counted it tensor
+    by tensor on a CPU (185,608 bytes in bf16, K and V at their 2 heads); the budget counts K and V expanded
+    to 16 heads (a padding mask), so it lies a few per cent above. Checkpointed: 36 layer inputs, the final
+    norm's fp32 input, and one layer with its gradients."""
+    cfg = get_config("colab_t4")
+    h, i, q, r = 2048, 11008, 2048, 16
+    per_token = (4 * q + 3 * i) * 2 + (8 * h + i) * 4 + 7 * r * 4
+    assert layer_saved_bytes_per_token(QWEN25_3B_CONFIG, cfg) == per_token == 192_448
+    assert 0.95 < 185_608 / per_token < 1.0
+    assert (
+        layer_saved_bytes_per_token(QWEN25_3B_CONFIG, cfg.replace(compute_dtype="fp32"))
+        == per_token + (4 * q + 3 * i) * 2
+    )
+    b = memory_budget(QWEN25_3B_CONFIG, cfg)
+    tokens = cfg.micro_batch_size * cfg.max_total_tokens
+    assert b["layer_saved_gb"] == pytest.approx(tokens * per_token / GB)
+    assert b["outside_layers_gb"] == pytest.approx(tokens * h * 4 / GB)
+    assert b["ckpt_inputs_gb"] == pytest.approx(36 * tokens * h * 2 / GB)
+    total = b["ckpt_inputs_gb"] + b["outside_layers_gb"] + 2 * b["layer_saved_gb"]
+    assert b["activations_ckpt_gb"] == pytest.approx(total)
