@@ -379,8 +379,8 @@ def terms_table(terms: dict[str, dict], why_off: dict[str, str] | None = None) -
     return [
         {
             "term": name,
-            "params measured": t.get("measured_params"),
-            "params predicted": t.get("predicted_params"),
+            "params measured": f"{t['measured_params']:,}" if "measured_params" in t else "",
+            "params predicted": f"{t['predicted_params']:,}" if "predicted_params" in t else "",
             "GB measured": t["measured_bytes"] / GB,
             "GB predicted": t["predicted_bytes"] / GB,
             "measured / predicted": t["ratio"],

@@ -176,4 +176,10 @@ def test_shipped_rehearsal_has_every_term_and_consistent_ratios():
     assert r["measured_vs_predicted"] == rehearsal.repredict(r["lines"]), (
         "re-pack the file: memory.py changed"
     )
+    rows = rehearsal.terms_table(terms, r["why_off"])  # what notebook 07 shows
+    assert [row["term"] for row in rows] == TERMS
+    assert all(
+        row["why off"] == ("" if terms[row["term"]]["within_10pct"] else r["why_off"][row["term"]])
+        for row in rows
+    )
     assert r["wall_s"] > 0 and r["peak_rss_gb"] > 0 and r["command"].startswith("python -m agentr1_nb check")
