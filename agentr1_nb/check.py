@@ -14,6 +14,15 @@ one JSON line per phase as it ends, then a summary line (`ok`, `problems`, and t
     ppo      one PPO step (value head, GAE) the same way
     summary  ok, problems, warnings, and whether the preset's full-size budget fits its GPU
 
+`--full-size` (`full_size=True`) is the rehearsal of the preset at its real size; on a CPU it also sets
+`FULL_SIZE_CPU` (one group of 2, 2 turns of 8 tokens, bf16 where the CPU has it) and leaves out the PPO step:
+
+    measure  the model's tensors by term and one micro-batch's activations, each beside `memory_budget`'s
+             term (`rehearsal.measured_vs_predicted`), with `why_off` for a term off by more than 10 %
+    plan     the preset's own run on its GPU: `memory.time_plan` and the memory plan (arithmetic)
+    summary  also `changed` (each setting it moved from the preset, and why), `measured_vs_predicted`,
+             `time_plan`; every line has `cpu_s` beside `seconds` (others' jobs slow a shared CPU)
+
 Each phase catches its own exception and reports it in its line (`error`, `where`); a phase whose inputs
 are missing (the model did not load) says `skipped`. Nothing needs the hub: the data set is forced to the
 generated world, and sizes are forced small (questions_per_step 2, group_size 2, max_tokens_per_turn 64,
@@ -30,7 +39,7 @@ settings, so the same code runs on a CPU in seconds (the tests).
 
 Memory figures are `torch.cuda.max_memory_allocated` on a GPU (comparable with `memory_budget`, which also
 leaves out the CUDA context), the process's peak RSS on a CPU (not comparable: it includes Python, torch
-and the host copies).
+and the host copies). The `measure` phase counts tensors' bytes instead, comparable on either.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ WHY: dict[str, str] = {
     "group_size": "time: the smallest group GRPO compares within, one micro-batch of the preset's size (2)",
     "max_turns": "time: each turn is a prefill and a decode loop; 2 turns still take a tool call and answer",
     "max_tokens_per_turn": "time: each decoded token is a forward pass in which bitsandbytes' CPU backend "
-    "dequantises all 2.5B 4-bit weights (~8 CPU-seconds measured here)",
+    "dequantises all 2.5B 4-bit weights (13.5 CPU-seconds per forward pass in the shipped rehearsal)",
     "eval_questions": "the check evaluates nothing",
     "compute_dtype": "a CPU emulates fp16 (the preset's T4 dtype) several times slower; bf16 where the CPU "
     "has AVX512-BF16 / AMX, else fp32 (what `compute_dtype='auto'` picks); memory terms are the same size "
