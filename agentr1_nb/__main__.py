@@ -322,7 +322,7 @@ def _check_args(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=_int_in(1),
         default=None,
-        help="training steps of the train phase; sets steps (default 2)",
+        help="training steps of the train phase; sets steps (default 2; 1 with --full-size)",
     )
     p.add_argument(
         "--weights",
@@ -331,6 +331,12 @@ def _check_args(p: argparse.ArgumentParser) -> None:
         help="the preset's model, random weights of its architecture, or pretrained if loadable (auto)",
     )
     p.add_argument("--no-ppo", action="store_true", help="skip the PPO step")
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="rehearse the preset at its real size (on a CPU: bf16/fp32, one group of 2, 2 turns of 8 tokens, one GRPO step): "
+        "its tensors measured against memory_budget, and the preset's time plan",
+    )
     _add_json(p, "one JSON line per phase")
     _add_config_args(p, default_preset="colab_t4")
 
@@ -449,11 +455,12 @@ def _check(args: argparse.Namespace, cfg: Config, user: dict) -> int:
     lines = run_check(
         args.preset,
         tiny=args.tiny,
-        steps=_flag_or_key(args, user, "steps", "steps", 2),
+        steps=_flag_or_key(args, user, "steps", "steps", 1 if args.full_size else 2),
         overrides=args.overrides,
         weights=args.weights,
         ppo=not args.no_ppo,
         emit=lambda line: _print(line, args.json),
+        full_size=args.full_size,
     )
     return 0 if lines[-1]["ok"] else 1
 

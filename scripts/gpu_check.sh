@@ -7,6 +7,9 @@
 #
 #   WHEELS=wheels OUT=/some/dir scripts/gpu_check.sh [extra check arguments, e.g. --steps 1 --no-ppo]
 #
+# `--full-size` adds the rehearsal's phases (tensors counted against memory_budget term by term, and the time
+# plan), the GPU counterpart of the CPU rehearsal that scripts/rehearsal.sh records.
+#
 # Environment: WHEELS (default wheels/), OUT (if set, the JSON lines go to $OUT/gpu_check.jsonl and stderr to
 # $OUT/gpu_check.log), PYTHON (default python3), PRESETS (default "colab_t4", plus "a100" on >= 40 GB),
 # CHECK_TIMEOUT (seconds per check, default 400), INSTALL_TIMEOUT (seconds per pip command, default 240).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentr1_nb import check
+from agentr1_nb import check, rehearsal
 from agentr1_nb.__main__ import main
 from agentr1_nb.config import Config, get_config
 from agentr1_nb.memory import QWEN25_3B_CONFIG
@@ -151,7 +151,7 @@ def test_random_weights_with_the_byte_tokenizer(monkeypatch, tmp_path):
     def offline(cfg):
         raise check.ModelUnavailableError("offline")
 
-    monkeypatch.setattr(check, "load_tokenizer", offline)
+    monkeypatch.setattr(rehearsal, "load_tokenizer", offline)
     overrides = dict(
         model=str(tmp_path),
         compute_dtype="fp32",
@@ -173,7 +173,7 @@ def test_random_weights_with_the_byte_tokenizer(monkeypatch, tmp_path):
 def test_byte_tokenizer_round_trips_and_keeps_chatml_specials():
     from agentr1_nb.env import encode_untrusted, render_chat
 
-    tok = check.byte_tokenizer()
+    tok = rehearsal.byte_tokenizer()
     text = 'Héllo <tool_call>{"q": 1}</tool_call>'
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text.encode()) and tok.decode(ids) == text
@@ -186,9 +186,9 @@ def test_byte_tokenizer_round_trips_and_keeps_chatml_specials():
 
 
 def test_preset_architecture_offline():
-    assert check.preset_architecture("Qwen/Qwen2.5-3B-Instruct") == QWEN25_3B_CONFIG
+    assert rehearsal.preset_architecture("Qwen/Qwen2.5-3B-Instruct") == QWEN25_3B_CONFIG
     with pytest.raises(ValueError, match="no architecture known offline"):
-        check.preset_architecture("someone/unknown-model-xyz")
+        rehearsal.preset_architecture("someone/unknown-model-xyz")
 
 
 def test_check_imports_without_the_optional_packages():

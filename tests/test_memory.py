@@ -7,13 +7,22 @@ import pytest
 from agentr1_nb.config import PRESETS, Config, get_config
 from agentr1_nb.memory import (
     GB,
+    NF4_BYTES_PER_PARAM,
     PRESET_GPU_GB,
     QWEN25_3B_CONFIG,
+    T4,
     budget_peak_gb,
+    forward_flops_per_token,
+    fp32_module_params,
+    layer_saved_bytes_per_token,
     linear_shapes,
     lora_param_count,
     memory_budget,
     param_counts,
+    step_tokens,
+    time_plan,
+    training_passes,
+    weight_terms,
 )
 
 
@@ -43,7 +52,16 @@ def test_memory_budget_of_qwen25_3b_on_a_t4():
     b = memory_budget(QWEN25_3B_CONFIG, get_config("colab_t4"))
     assert b["params_total"] == 3_085_938_688  # Qwen2.5-3B's published 3.09B
     assert 29e6 < b["lora_params"] < 31e6
-    assert 2.0 < b["weights_gb"] < 2.2
+    # NF4 with the embedding in 16 bit: 2.0-2.2 GB; the preset's four fp32 MLPs add 0.94 GB
+    assert (
+        2.0
+        < memory_budget(QWEN25_3B_CONFIG, get_config("colab_t4", {"fp32_modules": ""}))["weights_gb"]
+        < 2.2
+    )
+    assert b["weights_fp32_gb"] - b["params_fp32"] * NF4_BYTES_PER_PARAM / GB == pytest.approx(
+        0.94, abs=0.005
+    )
+    assert 2.9 < b["weights_gb"] < 3.1
     assert b["kv_bytes_per_token"] == 36 * 1024  # 16 bit
     assert b["logit_bytes_per_token"] == 151936 * 4
     assert b["logits_naive_gb"] > 10 * b["logits_chunked_gb"]
@@ -177,3 +195,105 @@ def test_entropy_tensors_only_with_an_entropy_bonus():
     assert on["rollout_peak_gb"] == pytest.approx(off["rollout_peak_gb"])
     bigger = memory_budget(QWEN25_3B_CONFIG, cfg.replace(entropy_coef=0.01, logprob_chunk=256))
     assert bigger["entropy_gb"] == pytest.approx(2 * on["entropy_gb"])
+
+
+def test_fp32_modules_are_counted_out_of_4bit():
+    """`fp32_modules` names modules as bitsandbytes' skip list does; their weights and biases are fp32 and
+    the rest of the linear weights NF4; the three storages add up to every parameter."""
+    h, i = 2048, 11008
+    mlps = ",".join(f"model.layers.{k}.mlp" for k in range(4))
+    assert fp32_module_params(QWEN25_3B_CONFIG, mlps) == (4 * 3 * h * i, 0)
+    assert fp32_module_params(QWEN25_3B_CONFIG, "model.layers.0.self_attn.q_proj") == (h * h, h)  # + bias
+    assert fp32_module_params(QWEN25_3B_CONFIG, "down_proj") == (36 * h * i, 0)  # a suffix matches
+    assert fp32_module_params(QWEN25_3B_CONFIG, "") == (0, 0)
+    assert fp32_module_params(QWEN25_3B_CONFIG, "model.layers.1") == (sum(linear_shapes_sizes()), 2048 + 512)
+    for cfg in (get_config("colab_t4"), Config(), get_config("colab_t4", {"load_in_4bit": False})):
+        w = weight_terms(QWEN25_3B_CONFIG, cfg)
+        total = param_counts(QWEN25_3B_CONFIG)["total"]
+        assert w["params_quantized"] + w["params_fp32"] + w["params_16bit"] == total
+    w = weight_terms(QWEN25_3B_CONFIG, get_config("colab_t4"))
+    assert w["fp32 modules"] == 4 * w["params_fp32"] and w["16-bit"] == 2 * w["params_16bit"]
+    assert w["4-bit"] == pytest.approx(w["params_quantized"] * NF4_BYTES_PER_PARAM)
+
+
+def linear_shapes_sizes():
+    return [a * b for a, b in linear_shapes(QWEN25_3B_CONFIG).values()]
+
+
+def test_step_tokens_by_hand():
+    """Upper bounds: every turn full, every tool response max_tool_chars long, cut at max_total_tokens."""
+    cfg = Config(
+        questions_per_step=2, group_size=3, max_turns=3, max_tokens_per_turn=100, max_total_tokens=4096
+    )
+    t = step_tokens(cfg, prompt_tokens=500)
+    obs = cfg.max_tool_chars // 4 + 20
+    assert t["rows"] == 6 and t["decode_steps"] == 300 and t["decoded"] == 6 * 300
+    assert t["trajectory_tokens"] == 500 + 300 + 2 * obs
+    assert t["prefilled"] == 6 * (500 + 2 * obs) and t["trained"] == 6 * t["trajectory_tokens"]
+    cut = step_tokens(cfg.replace(max_total_tokens=1000), prompt_tokens=500)
+    assert cut["trajectory_tokens"] == 1000 and cut["decode_steps"] == 300  # observations cut first
+    assert step_tokens(cfg.replace(max_total_tokens=600), prompt_tokens=500)["decode_steps"] == 100
+
+
+def test_time_plan_arithmetic():
+    """Each piece of the plan from its stated model: FLOPs over peak x utilisation, decoding over bandwidth
+    x utilisation plus overhead, the run = steps x step + two evaluations; doubling the group doubles the
+    compute-bound pieces."""
+    cfg = get_config("colab_t4")
+    p = time_plan(QWEN25_3B_CONFIG, cfg)
+    t = p["tokens"]
+    assert t == step_tokens(cfg)
+    per_tok = forward_flops_per_token(QWEN25_3B_CONFIG, t["trajectory_tokens"] / 2)
+    n = param_counts(QWEN25_3B_CONFIG)
+    assert forward_flops_per_token(QWEN25_3B_CONFIG, 0) == 2 * (n["linear"] + n["embedding"])
+    assert training_passes(cfg) == {"old_logprobs": 1.0, "reference": 1.0, "update": 3.0}
+    rate = T4["peak_flops"] * T4["flops_utilisation"]
+    assert p["seconds"]["train"] == pytest.approx(5 * t["trained"] * per_tok / rate)
+    assert p["seconds"]["prefill"] == pytest.approx(t["prefilled"] * per_tok / rate)
+    b = memory_budget(QWEN25_3B_CONFIG, cfg)
+    read = b["weights_gb"] * GB + t["rows"] * t["trajectory_tokens"] / 2 * b["kv_bytes_per_token"]
+    per_step = read / (T4["bandwidth"] * T4["bandwidth_utilisation"]) + T4["decode_overhead_s"]
+    assert p["seconds"]["decode"] == pytest.approx(t["decode_steps"] * per_step)
+    assert p["step_min"] == pytest.approx(sum(p["seconds"].values()) / 60)
+    assert p["run_hours"] == pytest.approx((cfg.steps * p["step_min"] + p["eval_min"]) / 60)
+    assert p["fits_one_session"] == (p["run_hours"] <= 12)
+    assert p["steps_per_session"] * p["step_min"] + p["eval_min"] <= 12 * 60
+    assert any("/content/drive" in a for a in p["advice"])
+    double = time_plan(QWEN25_3B_CONFIG, cfg.replace(group_size=10))
+    assert double["seconds"]["train"] == pytest.approx(2 * p["seconds"]["train"])
+    fast = time_plan(QWEN25_3B_CONFIG, cfg, gpu={"flops_utilisation": 0.5})
+    assert fast["seconds"]["train"] == pytest.approx(p["seconds"]["train"] / 2)
+    no_ckpt = training_passes(cfg.replace(gradient_checkpointing=False, kl_coef=0.0, ppo_epochs=2))
+    assert no_ckpt == {"old_logprobs": 1.0, "reference": 0.0, "update": 4.0}
+    fp32 = Config(load_in_4bit=False, compute_dtype="fp32")
+    assert training_passes(fp32)["old_logprobs"] == 0.0
+
+
+def test_a_run_that_fits_one_session_gets_no_advice_to_shrink():
+    p = time_plan(QWEN25_3B_CONFIG, get_config("colab_t4", {"steps": 10}))
+    assert p["fits_one_session"] is True and len(p["advice"]) == 1
+    long = time_plan(QWEN25_3B_CONFIG, get_config("colab_t4", {"steps": 1000}))
+    assert long["fits_one_session"] is False and f"steps={long['steps_per_session']}" in long["advice"][1]
+
+
+def test_one_layers_saved_tensors_by_hand():
+    """What one Qwen2.5-3B layer saves for its backward per token, as `check --full-size` counted it tensor
+    by tensor on a CPU (185,608 bytes in bf16, K and V at their 2 heads); the budget counts K and V expanded
+    to 16 heads (a padding mask), so it lies a few per cent above. Checkpointed: 36 layer inputs, the final
+    norm's fp32 input, and one layer with its gradients."""
+    cfg = get_config("colab_t4")
+    h, i, q, r = 2048, 11008, 2048, 16
+    per_token = (4 * q + 3 * i) * 2 + (8 * h + i) * 4 + 7 * r * 4
+    assert layer_saved_bytes_per_token(QWEN25_3B_CONFIG, cfg) == per_token == 192_448
+    assert 0.95 < 185_608 / per_token < 1.0
+    assert (
+        layer_saved_bytes_per_token(QWEN25_3B_CONFIG, cfg.replace(compute_dtype="fp32"))
+        == per_token + (4 * q + 3 * i) * 2
+    )
+    b = memory_budget(QWEN25_3B_CONFIG, cfg)
+    tokens = cfg.micro_batch_size * cfg.max_total_tokens
+    assert b["layer_saved_gb"] == pytest.approx(tokens * per_token / GB)
+    assert b["outside_layers_gb"] == pytest.approx(tokens * h * 4 / GB)
+    assert b["ckpt_inputs_gb"] == pytest.approx(36 * tokens * h * 2 / GB)
+    total = b["ckpt_inputs_gb"] + b["outside_layers_gb"] + 2 * b["layer_saved_gb"]
+    assert b["activations_ckpt_gb"] == pytest.approx(total)
