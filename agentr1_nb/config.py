@@ -11,10 +11,10 @@ Presets:
   zero-shot prompt after a short supervised warm-up, small batches, no KL term. This is what ``make demo``
   runs.
 - ``colab_t4``: Qwen2.5-3B-Instruct in 4-bit NF4 + LoRA, fp16 compute (a T4 has no bf16), batch sizes that
-  fit 15 GB by `memory.memory_budget` (~8.6 GB at the rollout's peak), HotpotQA.
+  fit 15 GB by `memory.memory_budget` (notebook 07 shows its terms), HotpotQA.
 - ``a100``: the same model with bf16 compute, the paper's group size (5), turn limit (5) and tokens per turn
-  (1,024), 8 questions per step: fits a 40 GB A100 by `memory.memory_budget` (rollout ~27 GB at its peak).
-- ``a100_80gb``: ``a100`` with twice the questions per step and micro-batch for an 80 GB A100 (~51 GB).
+  (1,024), 8 questions per step: fits a 40 GB A100 by `memory.memory_budget`.
+- ``a100_80gb``: ``a100`` with twice the questions per step and micro-batch for an 80 GB A100.
 """
 
 from __future__ import annotations
@@ -306,8 +306,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=16,
         logprob_chunk=128,
     ),
-    # 40 GB by memory.memory_budget: rollout 26.7 GB at its peak (a second KV cache while rows split and
-    # merge), training 23.0 GB (micro-batches of 4 x 8,192 tokens), evaluation 26.7 GB (40 greedy rows).
+    # sized to 40 GB by memory.memory_budget; its peak is the rollout's (a second KV cache while rows split
+    # and merge): `memory.budget_peak_gb(memory.memory_budget(QWEN25_3B_CONFIG, get_config("a100")))`
     "a100": dict(
         model="Qwen/Qwen2.5-3B-Instruct",
         load_in_4bit=True,
@@ -328,7 +328,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_questions=500,
         eval_batch_size=40,
     ),
-    # 80 GB: rollout 50.9 GB at its peak, training 43.5 GB (8 x 8,192 tokens), evaluation 41.2 GB (64 rows).
+    # sized to 80 GB by memory.memory_budget, as a100 to 40 GB
     "a100_80gb": dict(),  # the a100 preset with twice its batch, filled in below
 }
 PRESETS["a100_80gb"] = dict(
