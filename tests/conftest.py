@@ -62,6 +62,18 @@ TINY_RUN = [
 20-person world; each test file adds its batch sizes."""
 
 
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """`key=value` lists as one, a later value replacing an earlier one: for command lines, which refuse a
+    key given twice with two values."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            key, _, value = item.partition("=")
+            merged.pop(key, None)
+            merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

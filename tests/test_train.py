@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
+from conftest import TINY_RUN, make_tiny_model, merge_overrides, tiny_lora_policy
 
 from agentr1_nb import checkpoint as ckpt_mod
 from agentr1_nb import experiment, runs
@@ -373,8 +373,7 @@ def _launch(out, *overrides, timeout=600):
         "--out",
         str(out),
         "--json",
-        *TINY,
-        *overrides,
+        *merge_overrides(TINY, overrides),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

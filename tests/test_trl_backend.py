@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_RUN, make_tiny_model, tiny_lora_policy
+from conftest import TINY_RUN, make_tiny_model, merge_overrides, tiny_lora_policy
 
 from agentr1_nb import experiment, trl_backend
 from agentr1_nb.__main__ import main
@@ -407,8 +407,8 @@ def test_two_processes_under_torchrun(tmp_path, tokenizer):
     folder = _tiny_folder(tmp_path / "tiny", tokenizer)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "agentr1_nb", "train", "--backend", "trl", "--out", str(out), "--json", *TINY]
-    cmd += [f"model={folder}", "steps=2", "eval_questions=1", "micro_batch_size=1"]
+    cmd += ["-m", "agentr1_nb", "train", "--backend", "trl", "--out", str(out), "--json"]
+    cmd += merge_overrides(TINY, [f"model={folder}", "steps=2", "eval_questions=1", "micro_batch_size=1"])
     env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
