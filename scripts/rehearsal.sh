@@ -44,7 +44,7 @@ wall_s = sum(p * 60**i for i, p in enumerate(reversed(parts)))
 model = re.search(r"model name\s*: (.+)", Path("/proc/cpuinfo").read_text())
 record = {
     "command": cmd,
-    "machine": f"{model.group(1).strip() if model else platform.processor()}, {lines[0].get('cpu_count')} cores, shared",
+    "machine": f"{model.group(1).strip() if model else platform.processor()}, {lines[0].get('cpu_count')} cores",
     "wall_s": wall_s,
     "user_s": float(timed("User time (seconds)")),
     "system_s": float(timed("System time (seconds)")),
