@@ -1,7 +1,7 @@
 """Benchmarks and the environment report: what the notebooks and `python -m agentr1_nb bench / info` measure.
 
 - `bench_logprobs`: peak memory and time of the naive (full (B, T, V) logits) against the chunked token
-  log-probs (`policy.token_logprobs`), each variant in a fresh process.
+  log-probs (`logprobs.token_logprobs`), each variant in a fresh process.
 - `bench_rollout`: tokens per second of `rollout.rollout` on the generated world, against plain
   `model.generate` and `naive_rollout`, the re-encode-every-turn loop of Search-R1-like code.
 - `bench_step`: where the time of one training step goes (rollout, old/ref log-probs, update), against the

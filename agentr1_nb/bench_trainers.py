@@ -124,7 +124,7 @@ def native_trainer(
 
 TRAINER_VARIANTS = ("ours", "trl_native", "trl_rollout_func")
 """`bench_trainers`' three ways to train: `train.train`; TRL's GRPOTrainer with its own tool loop
-(`trl_backend.native_trainer`); TRL's GRPOTrainer with our rollout func (`trl_backend.make_trainer`)."""
+(`native_trainer` here); TRL's GRPOTrainer with our rollout func (`trl_backend.make_trainer`)."""
 
 
 def trainer_worker(variant: str, cfg_json: str, run_dir: str) -> None:

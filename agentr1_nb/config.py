@@ -190,7 +190,7 @@ class Config:
     bf16), use the sampler's in fp32 (first ratio within 1e-3 of 1)."""
     reuse_trunk: bool = True
     """When the adapter trains only the top layers (`lora_top_layers`), the rollout keeps each token's input
-    to the first adapted layer and the update runs only the adapted layers on it (`policy.trunk_layer`): the
+    to the first adapted layer and the update runs only the adapted layers on it (`logprobs.trunk_layer`): the
     frozen layers below compute the same function at both times. cpu_demo: half of the update's forward.
     False recomputes every layer from the tokens (the same losses up to fp32 rounding, ~1e-6)."""
     entropy_coef: float = 0.0

@@ -23,7 +23,7 @@ How it stays exact and cheap:
 
 Departures from a textbook sampler: the log-prob recorded for each token is log softmax(logits / T) of the
 untruncated distribution (top-p only restricts which token is drawn); greedy decoding records
-log softmax(logits). The trainer recomputes these with `policy.token_logprobs(..., temperature=T)`.
+log softmax(logits). The trainer recomputes these with `logprobs.token_logprobs(..., temperature=T)`.
 
 The re-encode-every-turn baseline and the speed benchmark are in `bench.py`; the HTML view of a trajectory
 in `viz.py`.
@@ -83,7 +83,7 @@ class Trajectory:
     format_score: float = 0.0
     trunk_hidden: torch.Tensor | None = field(default=None, repr=False)
     """With `rollout(keep_hidden_at=k)`: (n, H), each fed token's input to decoder layer k, for the first n
-    tokens (all but the last, which no forward ever read); the update starts there (`policy.final_hidden`)."""
+    tokens (all but the last, which no forward ever read); the update starts there (`logprobs.final_hidden`)."""
 
     @property
     def num_generated(self) -> int:
@@ -234,7 +234,7 @@ def rollout(
 
     `stats`, if given, is filled with wall_s, forward_s, forward_calls and generated_tokens.
     `keep_hidden_at` = k: keep each token's input to decoder layer k in `Trajectory.trunk_hidden` (training
-    passes `policy.trunk_layer(model)`, so that its update runs only the layers it trains).
+    passes `logprobs.trunk_layer(model)`, so that its update runs only the layers it trains).
     """
     timer = {"forward_s": 0.0, "forward_calls": 0}
     t_start = time.perf_counter()

@@ -28,11 +28,11 @@ Departures from the paper's training code (verl-based, 4 GPUs):
   recorded log-probs are used as they are (the first ratio is 1 to within 1e-3) and the pass is saved.
 - The output head runs on the tokens the loss reads (action tokens under the loss mask) only.
 - A minibatch's rows are ordered by group, so a micro-batch holding one group runs the group's prompt once
-  (`policy.final_hidden(share_prefix=True)`; same log-probs and gradients, the prompt's LoRA dropout noise
+  (`logprobs.final_hidden(share_prefix=True)`; same log-probs and gradients, the prompt's LoRA dropout noise
   shared by the group's rows).
 - When LoRA adapts only the top layers (`lora_top_layers`, the CPU default), the rollout keeps every token's
   input to the first adapted layer and the update runs only the adapted layers on it (`reuse_trunk`,
-  `policy.trunk_layer`): the frozen layers below compute the same function at both times. The rollout's
+  `logprobs.trunk_layer`): the frozen layers below compute the same function at both times. The rollout's
   cached decoding and the update's full pass round differently (fp32: ~1e-6).
 - PPO's critic is a linear value head on the policy's final hidden states (a shared backbone with a
   separate head, trained by its own loss), not a second 3B model.

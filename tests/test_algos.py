@@ -423,7 +423,7 @@ def test_is_finite_loss():
 
 def test_batch_layout_matches_token_logprobs_and_a_grpo_step_moves_the_policy(tiny_model, tokenizer):
     """End to end on the tiny LoRA model: the rollout's log-probs (index t in token_ids) land where
-    `policy.token_logprobs` of the right-padded batch puts them (column t-1), and GRPO steps on the batch
+    `logprobs.token_logprobs` of the right-padded batch puts them (column t-1), and GRPO steps on the batch
     raise the log-prob of the better trajectory's actions and lower the worse one's."""
     from agentr1_nb.logprobs import token_logprobs
 
