@@ -43,6 +43,7 @@ LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 Method = Literal["naive_rag", "tool_call", "agent"]
 OldLogprobs = Literal["auto", "sampler", "recompute"]
 LogWith = Literal["auto", "none", "tensorboard", "wandb"]
+LrSchedule = Literal["constant", "cosine"]
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -54,6 +55,7 @@ KL_ESTIMATORS: tuple[str, ...] = get_args(KlEstimator)
 LOSS_AGGS: tuple[str, ...] = get_args(LossAgg)
 METHODS: tuple[str, ...] = get_args(Method)
 OLD_LOGPROBS: tuple[str, ...] = get_args(OldLogprobs)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 GROUP_ALGOS = ("grpo", "rloo", "reinforce++_baseline")
 """Estimators whose baseline is the group: with group_size 1 their advantages are always zero."""
 
@@ -215,6 +217,15 @@ class Config:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps."""
+    lr_schedule: LrSchedule = "constant"
+    """After the warm-up: "constant", or "cosine" (from `lr` down to `lr * min_lr_ratio` at the last step), so
+    that a longer run takes smaller steps at its end instead of drifting on at full rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule's last learning rate, as a share of `lr`."""
+    kind_balanced: bool = False
+    """Draw training (and warm-up) questions round-robin over question kinds (`QAExample.kind`: single,
+    bridge, comparison, 3hop in the generated world), so each step sees every kind alike instead of the
+    dataset's mix (10% 3-hop in the generated world). A dataset without kinds is drawn as usual."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     minibatch_size: int = 16
@@ -233,6 +244,10 @@ class Config:
     """Stop after this many NaN/inf losses (each is skipped and logged)."""
     eval_questions: int = 100
     """Held-out questions evaluated before and after training."""
+    eval_per_kind: int = 0
+    """When > 0: the evaluation keeps only the first `eval_per_kind` held-out questions of each kind (then at
+    most `eval_questions` in all), so a rare kind such as the generated world's 3-hop questions has enough to
+    show a change; a kind with fewer held-out questions gives all it has."""
     eval_batch_size: int = 32
     """Episodes rolled out together during evaluation."""
     seed: int = 0
@@ -376,6 +391,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "lr": (0, 1, "(]"),
     "weight_decay": (0, _INF, "[)"),
     "warmup_steps": (0, _INF, "[)"),
+    "min_lr_ratio": (0, 1, "[]"),
     "ppo_epochs": (1, _INF, "[)"),
     "minibatch_size": (1, _INF, "[)"),
     "micro_batch_size": (1, _INF, "[)"),
@@ -385,6 +401,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "save_every": (1, _INF, "[)"),
     "max_bad_steps": (1, _INF, "[)"),
     "eval_questions": (1, _INF, "[)"),
+    "eval_per_kind": (0, _INF, "[)"),
     "eval_batch_size": (1, _INF, "[)"),
     "seed": (0, SEED_LIMIT, "[)"),
 }

@@ -151,6 +151,46 @@ def em_by_kind(records: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in sorted(kinds.items())}
 
 
+def answer_account(records: list[dict]) -> dict[str, dict]:
+    """What the answers of each question kind are made of (records with a kind and `supporting_titles`):
+
+    {kind: {"n", "em", "support_found" (every supporting passage was seen), "searches" (mean),
+    "wrong_support" (the answer is one of the question's own supporting entities but not the gold: for a
+    comparison the other compared name, for a bridge or 3-hop question an entity met on the way),
+    "other" (a wrong answer that is none of them: a third name, a date...), "no_answer"}}, shares of n.
+    It tells a comparison answered by a guess between its two names (EM about 0.5, other 0) from one answered
+    by a name read on the way (other high), and a chain stopped early (wrong_support) from a lost one."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("kind"):
+            groups.setdefault(r["kind"], []).append(r)
+    out = {}
+    for kind, rs in sorted(groups.items()):
+        n = len(rs)
+        wrong_support = other = no_answer = 0
+        for r in rs:
+            if r["em"]:
+                continue
+            if not r.get("prediction"):
+                no_answer += 1
+            elif normalize_answer(r["prediction"]) in {
+                normalize_answer(t) for t in r.get("supporting_titles", [])
+            }:
+                wrong_support += 1
+            else:
+                other += 1
+        out[kind] = {
+            "n": n,
+            "em": round(float(np.mean([r["em"] for r in rs])), 4),
+            "support_found": round(float(np.mean([bool(r.get("supporting_found")) for r in rs])), 4),
+            "searches": round(float(np.mean([r.get("searches", 0) for r in rs])), 3),
+            "wrong_support": round(wrong_support / n, 4),
+            "other": round(other / n, 4),
+            "no_answer": round(no_answer / n, 4),
+        }
+    return out
+
+
 @torch.no_grad()
 def evaluate_agent(
     model, tokenizer, examples, make_env, cfg: Config, out_file: str | Path | None = None, desc: str = "eval"
@@ -216,6 +256,21 @@ def load_eval_questions(cfg: Config, limit: int = 0) -> tuple[list, list]:
     if limit and limit > 0:
         examples = examples[:limit]
     return examples, passages
+
+
+def eval_subset(examples: list, cfg: Config) -> list:
+    """The held-out questions an experiment evaluates: the first `cfg.eval_questions` of `examples`, after
+    keeping only the first `cfg.eval_per_kind` of each kind when that is > 0 (in their order, the kinds
+    interleaved as they come)."""
+    if cfg.eval_per_kind > 0:
+        taken: dict[str, int] = {}
+        kept = []
+        for ex in examples:
+            if taken.get(ex.kind, 0) < cfg.eval_per_kind:
+                taken[ex.kind] = taken.get(ex.kind, 0) + 1
+                kept.append(ex)
+        examples = kept
+    return list(examples[: cfg.eval_questions])
 
 
 def corpus_coverage(examples: list, passages: list) -> dict:

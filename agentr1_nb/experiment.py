@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .common import atomic_write_json, maxrss_bytes, mean, peak_memory_mb, set_seed
 from .config import Config
 from .env import Task, ToolEnv, build_task
-from .evaluate import bootstrap_ci, evaluate_agent, multihop_em
+from .evaluate import answer_account, bootstrap_ci, eval_subset, evaluate_agent, multihop_em
 from .policy import load_policy
 from .sft import sft_warmup
 from .train import TrainHistory, train
@@ -55,6 +55,8 @@ REPORT_KEYS = (
     "multihop_em_after",
     "multihop_em_after_ci95",
     "multihop_n",
+    "answers_by_kind_before",
+    "answers_by_kind_after",
     "mean_searches_before",
     "mean_searches_after",
     "reward_first",
@@ -202,7 +204,8 @@ def run_experiment(
     The policy comes from `policy.load_policy(cfg, adapter=adapter)` unless `model` and `tokenizer` are given;
     the task from `env.build_task` unless given. `warmup=False` skips the supervised warm-up (a warm-start
     adapter already holds it); `eval_before=False` the evaluation before RL, `evaluate=False` both. The
-    evaluation sets default to the task's first `cfg.eval_questions` held-out questions. `resume` and
+    evaluation sets default to the task's held-out questions chosen by `evaluate.eval_subset` (`cfg.eval_questions`, or
+    `cfg.eval_per_kind` of each kind). `resume` and
     `callback` go to the trainer. Under several processes (TRL), `main` says whether this one evaluates and
     writes the report, and `barrier()` waits for the others. `extra` adds to the full report (`world_size`,
     `versions`). Returns an `Experiment`; report.json holds `full`.
@@ -214,7 +217,7 @@ def run_experiment(
     set_seed(cfg.seed)
     with _timed(phases, rss, "load"):
         model, tokenizer, task = load(cfg, model, tokenizer, task, adapter)
-    sets = eval_sets if eval_sets is not None else [EvalSet(cfg.dataset, task.eval[: cfg.eval_questions])]
+    sets = eval_sets if eval_sets is not None else [EvalSet(cfg.dataset, eval_subset(task.eval, cfg))]
     with _timed(phases, rss, "warmup"):
         warm = sft_warmup(model, tokenizer, task, cfg) if warmup else []  # every process: the same weights
     with _timed(phases, rss, "eval_before"):
@@ -283,7 +286,7 @@ def kind_stats(records: list[dict], seed: int = 0) -> tuple[dict, dict, dict]:
 def _eval_part(records: list[dict] | None, when: str, seed: int) -> dict:
     """The report's keys of one evaluation (`when`: "before" / "after"); all None when it did not run."""
     names = ("em_{}", "em_{}_ci95", "em_by_kind_{}", "em_by_kind_{}_ci95", "multihop_em_{}")
-    names += ("multihop_em_{}_ci95", "mean_searches_{}")
+    names += ("multihop_em_{}_ci95", "mean_searches_{}", "answers_by_kind_{}")
     if records is None:
         return {k.format(when): None for k in names}
     em = [r["em"] for r in records]
@@ -297,8 +300,9 @@ def _eval_part(records: list[dict] | None, when: str, seed: int) -> dict:
         mh,
         mh_ci,
         mean([r["searches"] for r in records]),
+        answer_account(records),
     )
-    return {k.format(when): _finite(v) for k, v in zip(names, values)}
+    return {k.format(when): _finite(v) for k, v in zip(names, values, strict=True)}
 
 
 def build_report(

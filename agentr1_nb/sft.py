@@ -43,6 +43,16 @@ def gold_episode(example, env, tokenizer) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
+def balanced_picks(rng: np.random.Generator, examples: list, k: int) -> list[int]:
+    """`k` indices of `examples` (with replacement): a kind drawn uniformly, then a question of that kind
+    (`Config.kind_balanced`: the warm-up sees 3-hop episodes as often as single-hop ones)."""
+    by_kind: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_kind.setdefault(ex.kind, []).append(i)
+    groups = [by_kind[kind] for kind in sorted(by_kind)]
+    return [int(rng.choice(groups[int(rng.integers(len(groups)))])) for _ in range(k)]
+
+
 def sft_warmup(
     model, tokenizer, task: Task, cfg: Config, steps: int | None = None, batch_size: int = 8
 ) -> list[float]:
@@ -60,7 +70,11 @@ def sft_warmup(
     losses = []
     model.train()
     for _ in tqdm(range(steps), desc="warm-up (SFT)", dynamic_ncols=True):
-        picks = rng.choice(len(task.train), batch_size)
+        picks = (
+            balanced_picks(rng, task.train, batch_size)
+            if cfg.kind_balanced
+            else rng.choice(len(task.train), batch_size)
+        )
         rows = [gold_episode(task.train[i], task.make_env(), tokenizer) for i in picks]
         n_act = sum(sum(m[1:]) for _, m in rows)
         opt.zero_grad(set_to_none=True)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,15 +94,30 @@ class TrainHistory(list):
 
 
 class QuestionSampler:
-    """Shuffled passes over the training questions; its (epoch, position) is saved in checkpoints."""
+    """Shuffled passes over the training questions; its (epoch, position) is saved in checkpoints.
 
-    def __init__(self, n: int, seed: int):
+    With `kinds` (one label per question, e.g. `QAExample.kind`) holding more than one label, a pass is
+    round-robin over the kinds: each round takes the next question of every kind still left, in a shuffled
+    kind order, so consecutive steps see the kinds alike (`Config.kind_balanced`)."""
+
+    def __init__(self, n: int, seed: int, kinds: list[str] | None = None):
         if n <= 0:
             raise ValueError("the training set is empty: no questions to sample")
+        if kinds is not None and len(kinds) != n:
+            raise ValueError(f"QuestionSampler: {len(kinds)} kinds for {n} questions")
         self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self.kinds = kinds if kinds is not None and len(set(kinds)) > 1 else None
 
     def _order(self) -> list[int]:
-        return np.random.default_rng(self.seed + 1000 * self.epoch).permutation(self.n).tolist()
+        rng = np.random.default_rng(self.seed + 1000 * self.epoch)
+        if self.kinds is None:
+            return rng.permutation(self.n).tolist()
+        by_kind = {k: [i for i in range(self.n) if self.kinds[i] == k] for k in sorted(set(self.kinds))}
+        queues = [rng.permutation(ix).tolist() for ix in by_kind.values()]
+        order: list[int] = []
+        for r in range(max(len(q) for q in queues)):
+            order += [queues[j][r] for j in rng.permutation(len(queues)) if r < len(queues[j])]
+        return order
 
     def next(self, k: int) -> list[int]:
         out: list[int] = []
@@ -183,13 +199,23 @@ def setup(acc: Accelerator, cfg: Config, model=None, tokenizer=None, task: Task 
         value_head = algos.ValueHead(_hidden_size(model)).to(device)
         params += list(value_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
     optimizer = acc.prepare_optimizer(optimizer, device_placement=False)  # fp16: loss scaling
-    sampler = QuestionSampler(len(task.train), cfg.seed)
+    kinds = [ex.kind for ex in task.train] if cfg.kind_balanced else None
+    sampler = QuestionSampler(len(task.train), cfg.seed, kinds)
     return TrainState(model, optimizer, scheduler, sampler, value_head), tokenizer, task
+
+
+def lr_factor(cfg: Config, s: int) -> float:
+    """The learning rate of step `s` (0-based) as a share of `cfg.lr`: a linear ramp over `warmup_steps`,
+    then constant or a cosine down to `min_lr_ratio` at step `steps - 1` (`lr_schedule`)."""
+    warm = cfg.warmup_steps
+    if warm and s < warm:
+        return (s + 1) / warm
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (s - warm + 1) / max(1, cfg.steps - warm))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def run_steps(

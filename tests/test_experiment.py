@@ -34,7 +34,15 @@ def test_report_keys_are_the_documented_headline():
         *("backend", "em_before", "em_before_ci95", "em_after", "em_after_ci95", "n_by_kind"),
         *("em_by_kind_before", "em_by_kind_before_ci95", "em_by_kind_after", "em_by_kind_after_ci95"),
         *("multihop_em_before", "multihop_em_before_ci95", "multihop_em_after", "multihop_em_after_ci95"),
-        *("multihop_n", "mean_searches_before", "mean_searches_after", "reward_first", "reward_last"),
+        *(
+            "multihop_n",
+            "answers_by_kind_before",
+            "answers_by_kind_after",
+            "mean_searches_before",
+            "mean_searches_after",
+            "reward_first",
+            "reward_last",
+        ),
         *("steps", "seconds_per_step", "peak_rss_mb", "minutes", "phase_minutes", "phase_peak_rss_mb"),
         *("seed", "use_process_reward"),
     )
