@@ -247,3 +247,37 @@ def test_training_with_a_shared_prompt_equals_the_unshared_run(
         torch.testing.assert_close(w_shared[k], w_plain[k], atol=1e-5, rtol=1e-4)
     update = [shape[0] for grad, shape in calls if grad]
     assert update == ([1, 3, 1] if micro == 3 else [1, 1, 1, 1, 1]) * 4, update  # 2 steps x 2 groups
+
+
+def test_token_accounting_counts_the_prompt_once_per_micro_batch_or_per_group():
+    """4 rows of one group, a 20-token prompt, 30 tokens each: every row alone runs 120 token positions,
+    micro-batches of 2 sharing inside them 80, the group's prompt once 60 (a quarter less than 80)."""
+    from agentr1_nb.bench import token_accounting
+
+    ids = torch.arange(120).reshape(4, 30) % VOCAB
+    ids[:, :20] = ids[0, :20]
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "group": torch.zeros(4, dtype=torch.long),
+    }
+    got = token_accounting(batch, get_config("cpu_demo", ["micro_batch_size=2"]), [20] * 4)
+    assert got["prompt_share"] == pytest.approx(80 / 120, abs=1e-3)
+    assert (got["token_passes_unshared"], got["token_passes_default"], got["token_passes_shared"]) == (
+        120,
+        80,
+        60,
+    )
+    assert got["token_saving_bound"] == 0.25
+
+
+def test_bench_update_times_both_arms_on_one_batch(tokenizer):
+    from agentr1_nb.bench import bench_update
+
+    cfg = get_config("cpu_demo", RUN + ["micro_batch_size=2"])
+    model = tiny_lora_policy(tokenizer, layers=2, top_layers=1)
+    out = bench_update(cfg, repeats=2, model=model, tokenizer=tokenizer)
+    assert len(out["update_s_default_all"]) == len(out["update_s_shared_all"]) == 2
+    assert out["shared_over_default"] > 0 and 0 < out["prompt_share"] < 1
+    assert out["token_passes_shared"] < out["token_passes_default"] < out["token_passes_unshared"]
+    assert out["update_from_layer"] == 1 and out["rows"] == 8
