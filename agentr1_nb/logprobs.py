@@ -11,6 +11,11 @@
   a token's input to that layer is the same at rollout and at update time: the rollout keeps it
   (`rollout(keep_hidden_at=...)`) and `final_hidden(trunk=..., trunk_at=...)` runs only the layers from there
   on (`run_from_layer`). The CPU default adapts its top 15 of 30 layers: half of the update's forward.
+- `group_prompt(model, rows...)` -> `SharedPrompt`: a GRPO group's prompt run once (from the trunk's layer
+  when there is one) for every later pass over the group's rows, across micro-batches (`Config.share_prompt`):
+  its keys and values are expanded to each micro-batch's rows and, with gradients, the rows' gradients are
+  summed into one backward of the prompt pass. The same log-probs and gradients as every row run alone; only
+  the rounding order differs (fp32: ~1e-6, see tests/test_shared_prompt.py).
 
 Every function takes a causal LM with or without a PEFT wrapper (`decoder_and_head` looks through it); the
 model loading is in `policy.py`.
@@ -229,8 +234,9 @@ class SharedPrompt:
     row's backward pass (through the expansion to its micro-batch) adds its share into their `.grad`, and
     `backward()` then runs the prompt pass's own backward once on the summed gradients. The result is the
     unshared gradient (each row's gradient through the prompt tokens, summed), with the prompt's forward
-    and backward run once instead of once per row; only the rounding order differs. Without gradients
-    `backward()` does nothing.
+    and backward run once instead of once per row; only the rounding order differs (and, with
+    `lora_dropout` > 0, the prompt's dropout noise is shared by the rows, as inside one micro-batch without
+    it). Without gradients `backward()` does nothing.
     """
 
     def __init__(self, hidden: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], start: int, config):
