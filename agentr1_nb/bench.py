@@ -49,7 +49,7 @@ from .logprobs import (
 from .policy import cpu_default_model_dir, cpu_has_bf16, gpu_has_bf16, load_policy, tiny_model_config
 from .rollout import eos_ids, inference, rollout
 from .sft import sft_warmup
-from .train import build_batch, make_accelerator, micro_batches, setup, train, update
+from .train import add_old_and_reference, build_batch, make_accelerator, micro_batches, setup, train, update
 from .trl_backend import require_trl
 
 # ----------------------------------------------------------------------------- token log-probs
@@ -503,20 +503,33 @@ def bench_trainers(cfg: Config, steps: int = 2) -> dict:
 # bounds what sharing it can save.
 
 
-def bench_update(cfg: Config, repeats: int = 3, model=None, tokenizer=None, task: Task | None = None) -> dict:
+def bench_update(
+    cfg: Config,
+    repeats: int = 3,
+    adapter: str | Path | None = None,
+    model=None,
+    tokenizer=None,
+    task: Task | None = None,
+) -> dict:
     """Seconds of `train.update` on one rolled-out batch of `cfg` (the cpu_demo step by default), with
     `share_prompt` off (`update_s_default`: a prompt shared only inside a micro-batch whose rows all begin
     with it) and on (`update_s_shared`), medians over `repeats` alternated runs, and
-    `shared_over_default` (their ratio; < 1: sharing is faster). The token accounting (`prompt_share`...,
+    `update_s_shared_over_default` (their ratio; < 1: sharing is faster); `logprob_s_*` the same for the
+    old-log-prob pass that a 4-bit or 16-bit run recomputes before the update (forward only);
+    `max_lora_diff` the largest difference of a LoRA weight after one update each way (rounding only),
+    beside `max_lora_step`, the largest change one update made. The token accounting (`prompt_share`...,
     `prompt_tokens`) says how much of the work the prompt is: `token_passes_*` count the token positions
     the decoder runs per update (every row alone, as the default shares, as `share_prompt` shares), and
     `token_saving_bound` = 1 - shared / default is the share of the update's per-token work that sharing
-    removes (attention over the prompt stays). A model given is used as it is (no warm-up)."""
+    removes (attention over the prompt stays). `adapter`: a saved adapter instead of the warm-up (the
+    shipped `agentr1_nb/adapters/cpu_demo`: the trained agent's episodes, in seconds instead of the warm-up's
+    minutes); a model given is used as it is."""
     set_seed(cfg.seed)
     if model is None:
-        model, tokenizer = load_policy(cfg)
+        model, tokenizer = load_policy(cfg, adapter)
         task = build_task(cfg, tokenizer)
-        sft_warmup(model, tokenizer, task, cfg)
+        if adapter is None:
+            sft_warmup(model, tokenizer, task, cfg)
     elif task is None:
         task = build_task(cfg, tokenizer)
     acc = make_accelerator(cfg)
@@ -524,26 +537,36 @@ def bench_update(cfg: Config, repeats: int = 3, model=None, tokenizer=None, task
     trunk_at = trunk_layer(model) if cfg.reuse_trunk else None
     batch, trajs, _ = build_batch(acc, cfg, state, tokenizer, task, trunk_at)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[str, list[float]] = {}
+    after: dict[bool, list[torch.Tensor]] = {}  # the LoRA weights after each arm's first update
     for r in range(repeats):
         for share in (False, True) if r % 2 else (True, False):
+            arm = cfg.replace(share_prompt=share)
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     if n in start:
                         p.copy_(start[n])
+                t0 = time.perf_counter()  # the old / reference pass, as a 4-bit or 16-bit run recomputes it
+                add_old_and_reference(
+                    dict(batch), model, None, arm.replace(old_logprobs="recompute"), trunk_at
+                )
+                times.setdefault(f"logprob_s_{share}", []).append(time.perf_counter() - t0)
             torch.manual_seed(cfg.seed + r)  # the same minibatch order for both arms
             t0 = time.perf_counter()
-            update(acc, cfg.replace(share_prompt=share), state, batch, trunk_at)
-            times[share].append(time.perf_counter() - t0)
-    default, shared = statistics.median(times[False]), statistics.median(times[True])
-    out = {
-        "update_s_default": round(default, 3),
-        "update_s_shared": round(shared, 3),
-        "shared_over_default": round(shared / default, 3),
-        "update_s_default_all": [round(t, 3) for t in times[False]],
-        "update_s_shared_all": [round(t, 3) for t in times[True]],
-        "repeats": repeats,
-    }
+            update(acc, arm, state, batch, trunk_at)
+            times.setdefault(f"update_s_{share}", []).append(time.perf_counter() - t0)
+            after.setdefault(share, [p.detach().clone() for n, p in model.named_parameters() if n in start])
+    out = {}
+    for part in ("update_s", "logprob_s"):
+        default, shared = (statistics.median(times[f"{part}_{s}"]) for s in (False, True))
+        out.update({f"{part}_default": round(default, 3), f"{part}_shared": round(shared, 3)})
+        out[f"{part}_shared_over_default"] = round(shared / default, 3)
+        out[f"{part}_all"] = {
+            k: [round(t, 3) for t in times[f"{part}_{s}"]] for k, s in (("default", False), ("shared", True))
+        }
+    out["max_lora_diff"] = max(float((a - b).abs().max()) for a, b in zip(after[False], after[True]))
+    out["max_lora_step"] = max(float((a - b).abs().max()) for a, b in zip(after[False], start.values()))
+    out["repeats"] = repeats
     out.update(token_accounting(batch, cfg, [t.prompt_len for t in trajs]))
     out.update(update_from_layer=trunk_at or 0, threads=torch.get_num_threads())
     return out

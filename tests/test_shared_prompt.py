@@ -271,13 +271,16 @@ def test_token_accounting_counts_the_prompt_once_per_micro_batch_or_per_group():
     assert got["token_saving_bound"] == 0.25
 
 
-def test_bench_update_times_both_arms_on_one_batch(tokenizer):
+def test_bench_update_times_both_arms_on_one_batch(tokenizer, monkeypatch):
     from agentr1_nb.bench import bench_update
+
+    _varied(monkeypatch)
 
     cfg = get_config("cpu_demo", RUN + ["micro_batch_size=2"])
     model = tiny_lora_policy(tokenizer, layers=2, top_layers=1)
     out = bench_update(cfg, repeats=2, model=model, tokenizer=tokenizer)
-    assert len(out["update_s_default_all"]) == len(out["update_s_shared_all"]) == 2
-    assert out["shared_over_default"] > 0 and 0 < out["prompt_share"] < 1
+    assert len(out["update_s_all"]["default"]) == len(out["logprob_s_all"]["shared"]) == 2
+    assert out["update_s_shared_over_default"] > 0 and 0 < out["prompt_share"] < 1
+    assert out["max_lora_step"] > 1e-4 and out["max_lora_diff"] < 1e-5  # the same step each way
     assert out["token_passes_shared"] < out["token_passes_default"] < out["token_passes_unshared"]
     assert out["update_from_layer"] == 1 and out["rows"] == 8
