@@ -190,7 +190,7 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["logprobs", "rollout", "step", "parser", "trainers"])
+    p.add_argument("what", choices=["logprobs", "rollout", "step", "update", "parser", "trainers"])
     p.add_argument(
         "--steps",
         type=_int_in(1),
@@ -369,6 +369,8 @@ def _bench(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         _print(bench.bench_rollout(cfg), args.json)
     elif args.what == "step":
         _print(bench.bench_step(cfg), args.json)
+    elif args.what == "update":
+        _print(bench.bench_update(cfg), args.json)
     elif args.what == "trainers":
         _print(bench.bench_trainers(cfg, steps=_flag_or_key(args, user, "steps", "steps", 2)), args.json)
     else:

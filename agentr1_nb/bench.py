@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,13 +36,20 @@ from .actions import STOP_STRINGS, parse_action
 from .bench_trainers import TRAINER_VARIANTS, run_worker, summarize_trainers
 from .common import maxrss_bytes, rss_bytes, set_seed
 from .config import Config
-from .env import build_task
+from .env import Task, build_task
 from .kvcache import cache_kwarg, left_pad
-from .logprobs import position_ids_from_mask, token_logprobs, trunk_layer, valid_targets
+from .logprobs import (
+    MIN_SHARED_PREFIX,
+    position_ids_from_mask,
+    shared_prefix_len,
+    token_logprobs,
+    trunk_layer,
+    valid_targets,
+)
 from .policy import cpu_default_model_dir, cpu_has_bf16, gpu_has_bf16, load_policy, tiny_model_config
 from .rollout import eos_ids, inference, rollout
 from .sft import sft_warmup
-from .train import train
+from .train import add_old_and_reference, build_batch, make_accelerator, micro_batches, setup, train, update
 from .trl_backend import require_trl
 
 # ----------------------------------------------------------------------------- token log-probs
@@ -484,3 +492,110 @@ def bench_trainers(cfg: Config, steps: int = 2) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         results = {v: run_worker(v, cfg, Path(tmp) / v) for v in TRAINER_VARIANTS}
     return summarize_trainers(results, cfg)
+
+
+# ----------------------------------------------------------------------------- the update, sharing each group's prompt
+# `bench update`: the update of one training step with and without `share_prompt`, A/B in one process. One batch
+# is rolled out once (after the config's supervised warm-up, so that the episodes have the demo's length); then
+# the update runs on it alternately with `share_prompt` off and on, from the same LoRA weights and the same
+# random minibatch order each time, so a machine shared with other jobs disturbs both arms alike: the ratio of
+# their medians is the number to read. Beside it: how much of the update's token work the prompt is, which
+# bounds what sharing it can save.
+
+
+def bench_update(
+    cfg: Config,
+    repeats: int = 3,
+    adapter: str | Path | None = None,
+    model=None,
+    tokenizer=None,
+    task: Task | None = None,
+) -> dict:
+    """Seconds of `train.update` on one rolled-out batch of `cfg` (the cpu_demo step by default), with
+    `share_prompt` off (`update_s_default`: a prompt shared only inside a micro-batch whose rows all begin
+    with it) and on (`update_s_shared`), medians over `repeats` alternated runs, and
+    `update_s_shared_over_default` (their ratio; < 1: sharing is faster); `logprob_s_*` the same for the
+    old-log-prob pass that a 4-bit or 16-bit run recomputes before the update (forward only);
+    `max_lora_diff` the largest difference of a LoRA weight after one update each way (rounding only),
+    beside `max_lora_step`, the largest change one update made. The token accounting (`prompt_share`...,
+    `prompt_tokens`) says how much of the work the prompt is: `token_passes_*` count the token positions
+    the decoder runs per update (every row alone, as the default shares, as `share_prompt` shares), and
+    `token_saving_bound` = 1 - shared / default is the share of the update's per-token work that sharing
+    removes (attention over the prompt stays). `adapter`: a saved adapter instead of the warm-up (the
+    shipped `agentr1_nb/adapters/cpu_demo`: the trained agent's episodes, in seconds instead of the warm-up's
+    minutes); a model given is used as it is."""
+    set_seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_policy(cfg, adapter)
+        task = build_task(cfg, tokenizer)
+        if adapter is None:
+            sft_warmup(model, tokenizer, task, cfg)
+    elif task is None:
+        task = build_task(cfg, tokenizer)
+    acc = make_accelerator(cfg)
+    state, tokenizer, task = setup(acc, cfg, model, tokenizer, task)
+    trunk_at = trunk_layer(model) if cfg.reuse_trunk else None
+    batch, trajs, _ = build_batch(acc, cfg, state, tokenizer, task, trunk_at)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    times: dict[str, list[float]] = {}
+    after: dict[bool, list[torch.Tensor]] = {}  # the LoRA weights after each arm's first update
+    for r in range(repeats):
+        for share in (False, True) if r % 2 else (True, False):
+            arm = cfg.replace(share_prompt=share)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in start:
+                        p.copy_(start[n])
+                t0 = time.perf_counter()  # the old / reference pass, as a 4-bit or 16-bit run recomputes it
+                add_old_and_reference(
+                    dict(batch), model, None, arm.replace(old_logprobs="recompute"), trunk_at
+                )
+                times.setdefault(f"logprob_s_{share}", []).append(time.perf_counter() - t0)
+            torch.manual_seed(cfg.seed + r)  # the same minibatch order for both arms
+            t0 = time.perf_counter()
+            update(acc, arm, state, batch, trunk_at)
+            times.setdefault(f"update_s_{share}", []).append(time.perf_counter() - t0)
+            after.setdefault(share, [p.detach().clone() for n, p in model.named_parameters() if n in start])
+    out = {}
+    for part in ("update_s", "logprob_s"):
+        default, shared = (statistics.median(times[f"{part}_{s}"]) for s in (False, True))
+        out.update({f"{part}_default": round(default, 3), f"{part}_shared": round(shared, 3)})
+        out[f"{part}_shared_over_default"] = round(shared / default, 3)
+        out[f"{part}_all"] = {
+            k: [round(t, 3) for t in times[f"{part}_{s}"]] for k, s in (("default", False), ("shared", True))
+        }
+    out["max_lora_diff"] = max(float((a - b).abs().max()) for a, b in zip(after[False], after[True]))
+    out["max_lora_step"] = max(float((a - b).abs().max()) for a, b in zip(after[False], start.values()))
+    out["repeats"] = repeats
+    out.update(token_accounting(batch, cfg, [t.prompt_len for t in trajs]))
+    out.update(update_from_layer=trunk_at or 0, threads=torch.get_num_threads())
+    return out
+
+
+def token_accounting(batch: dict, cfg: Config, prompt_lens: list[int]) -> dict:
+    """The prompt's share of the batch's tokens, and the token positions one update's decoder passes run:
+    every row alone, shared inside micro-batches (`share_prompt` off), shared per group (on)."""
+    lengths = batch["attention_mask"].sum(1)  # (B,)
+    rows = torch.argsort(batch["group"], stable=True)  # the update's order within a minibatch
+    total = int(lengths.sum())
+
+    def passes(by_group: bool, size: int) -> int:
+        saved = 0
+        for part in micro_batches(batch["group"], rows, size, by_group):
+            ids, am = batch["input_ids"][part], batch["attention_mask"][part]
+            P = min(shared_prefix_len(ids, am), int(am.sum(1).min()) - (1 if by_group else 0))
+            saved += (len(part) - 1) * P if P >= MIN_SHARED_PREFIX else 0
+        return total - saved
+
+    default = passes(False, cfg.micro_batch_size)
+    shared = passes(True, len(rows))  # one prompt pass per group (micro-batches only split the rest)
+    return {
+        "rows": len(prompt_lens),
+        "prompt_tokens": round(statistics.mean(prompt_lens), 1),
+        "row_tokens": round(float(lengths.float().mean()), 1),
+        "prompt_share": round(sum(prompt_lens) / total, 3),
+        "token_passes_unshared": total,
+        "token_passes_default": default,
+        "token_passes_shared": shared,
+        "token_saving_bound": round(1 - shared / default, 3),
+    }

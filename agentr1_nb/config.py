@@ -256,6 +256,14 @@ class Config:
     """Where training also logs its metrics, through accelerate's trackers (TRL: `report_to`); metrics.jsonl
     stays the source of truth. "auto": TensorBoard event files in the run folder when `tensorboard` is
     installed, else none; "tensorboard"; "wandb" (needs `wandb` installed and logged in); "none"."""
+    share_prompt: bool = False
+    """The update runs each GRPO group's prompt once per minibatch, forward and backward, for all the group's
+    rows in it (micro-batches then never mix groups), and once per group in the old / reference / value
+    passes: each adapted layer's keys and values of the prompt are expanded to the rows, whose gradients are
+    summed into the one prompt pass (`logprobs.SharedPrompt`). The same maths; the rounding order differs
+    (fp32: ~1e-6). Off by default because the shipped runs were drawn without it (False shares a prompt only
+    among the rows of one micro-batch that all begin with it); the lead re-ships them when it is turned on.
+    Needs gradient_checkpointing=false: transformers drops the KV cache under activation checkpointing."""
 
     # ---------------------------------------------------------------- helpers
     def __post_init__(self) -> None:
@@ -469,6 +477,11 @@ def validate(cfg: Config) -> None:
             errors.append(
                 f"group_size={cfg.group_size} with algo={cfg.algo!r}: its baseline is the group, so the "
                 "advantages would always be zero; use group_size >= 2 (or algo=reinforce++ / ppo)"
+            )
+        if cfg.share_prompt and cfg.gradient_checkpointing:
+            errors.append(
+                "share_prompt=true needs gradient_checkpointing=false: transformers drops the KV cache that "
+                "carries the shared prompt under activation checkpointing"
             )
         if not cfg.model.strip():
             errors.append("model is empty; use a hub id, a local folder or " + CPU_DEFAULT_MODEL)

@@ -11,6 +11,11 @@
   a token's input to that layer is the same at rollout and at update time: the rollout keeps it
   (`rollout(keep_hidden_at=...)`) and `final_hidden(trunk=..., trunk_at=...)` runs only the layers from there
   on (`run_from_layer`). The CPU default adapts its top 15 of 30 layers: half of the update's forward.
+- `group_prompt(model, rows...)` -> `SharedPrompt`: a GRPO group's prompt run once (from the trunk's layer
+  when there is one) for every later pass over the group's rows, across micro-batches (`Config.share_prompt`):
+  its keys and values are expanded to each micro-batch's rows and, with gradients, the rows' gradients are
+  summed into one backward of the prompt pass. The same log-probs and gradients as every row run alone; only
+  the rounding order differs (fp32: ~1e-6, see tests/test_shared_prompt.py).
 
 Every function takes a causal LM with or without a PEFT wrapper (`decoder_and_head` looks through it); the
 model loading is in `policy.py`.
@@ -66,6 +71,7 @@ def final_hidden(
     share_prefix: bool = False,
     trunk: torch.Tensor | None = None,
     trunk_at: int | None = None,
+    prompt: SharedPrompt | None = None,
 ) -> torch.Tensor:
     """The decoder's final hidden states (LoRA applied, or not inside `reference()`), without the logits.
 
@@ -83,6 +89,9 @@ def final_hidden(
     (`rollout(keep_hidden_at=k)`; the columns of padding are ignored). Only layers k.. run. Valid when
     layers < k hold nothing trainable (`trunk_layer`): then they compute the same function at rollout and
     at update time, up to the rounding of a different batch layout (fp32: ~1e-6, see the tests).
+
+    `prompt` (`group_prompt`): the pass over a prompt that every row begins with, run once beforehand (for a
+    whole group, across micro-batches); only the rest of every row runs here, on its keys and values.
     """
     if trunk is not None and trunk_at is None:
         raise ValueError("final_hidden: `trunk` needs `trunk_at`, the layer it is the input of")
@@ -91,6 +100,15 @@ def final_hidden(
         attention_mask = torch.ones_like(input_ids)
     positions = position_ids_from_mask(attention_mask)  # (B, T)
     B, T = input_ids.shape
+    if prompt is not None:
+        if prompt.start != (trunk_at if trunk is not None else 0):
+            raise ValueError(
+                f"final_hidden: the prompt's pass starts at layer {prompt.start}, this one at "
+                f"{trunk_at if trunk is not None else 0}: pass the same `trunk` to both"
+            )
+        P = prompt.length
+        rest = _run_rest(decoder, input_ids, attention_mask, positions, P, trunk, trunk_at, prompt.cache(B))
+        return torch.cat([prompt.hidden.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
     P = min(shared_prefix_len(input_ids, attention_mask), T - 1) if share_prefix else 0
     if P < MIN_SHARED_PREFIX or getattr(decoder, "is_activation_checkpointing", False):
         if trunk is not None:
@@ -100,25 +118,39 @@ def final_hidden(
         )
         return out.last_hidden_state  # (B, T, H)
     cache = DynamicCache(config=decoder.config)
-    if trunk is not None:  # the same two calls, from layer k on
-        prefix = run_from_layer(
-            decoder, trunk[:1, :P], attention_mask[:1, :P], positions[:1, :P], trunk_at, cache
-        )
-        cache.batch_repeat_interleave(B)  # layers k.. only: the cache of layers < k is empty
-        rest = run_from_layer(decoder, trunk[:, P:], attention_mask, positions[:, P:], trunk_at, cache)
-        return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
-    kw = {cache_kwarg(decoder): cache, "use_cache": True}
-    prefix = decoder(
-        input_ids=input_ids[:1, :P],
-        attention_mask=attention_mask[:1, :P],
-        position_ids=positions[:1, :P],
-        **kw,
-    ).last_hidden_state  # (1, P, H)
-    cache.batch_repeat_interleave(B)  # (1, h, P, d) -> (B, h, P, d) per layer, differentiably
-    rest = decoder(
-        input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:], **kw
-    ).last_hidden_state  # (B, T - P, H)
+    prefix = _run_prefix(
+        decoder, input_ids[:1, :P], attention_mask[:1, :P], trunk, trunk_at, cache
+    )  # (1, P, H)
+    cache.batch_repeat_interleave(B)  # (1, h, P, d) -> (B, h, P, d) per layer from layer k, differentiably
+    rest = _run_rest(decoder, input_ids, attention_mask, positions, P, trunk, trunk_at, cache)  # (B, T-P, H)
     return torch.cat([prefix.expand(B, -1, -1), rest], dim=1)  # (B, T, H)
+
+
+def _run_prefix(decoder, input_ids, attention_mask, trunk, trunk_at, cache) -> torch.Tensor:
+    """The decoder on the first P tokens of one row, filling `cache`: input_ids, attention_mask (1, P);
+    from layer `trunk_at` on `trunk[:1, :P]` when `trunk` is given. Returns (1, P, H)."""
+    P = input_ids.shape[1]
+    positions = position_ids_from_mask(attention_mask)  # (1, P)
+    if trunk is not None:  # layers k.. only: the cache of layers < k stays empty
+        return run_from_layer(decoder, trunk[:1, :P], attention_mask, positions, trunk_at, cache)
+    return decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        **{cache_kwarg(decoder): cache, "use_cache": True},
+    ).last_hidden_state
+
+
+def _run_rest(decoder, input_ids, attention_mask, positions, P, trunk, trunk_at, cache) -> torch.Tensor:
+    """The decoder on columns P.. of every row, on a `cache` holding columns ..P (B rows): (B, T-P, H)."""
+    if trunk is not None:
+        return run_from_layer(decoder, trunk[:, P:], attention_mask, positions[:, P:], trunk_at, cache)
+    return decoder(
+        input_ids=input_ids[:, P:],
+        attention_mask=attention_mask,
+        position_ids=positions[:, P:],
+        **{cache_kwarg(decoder): cache, "use_cache": True},
+    ).last_hidden_state
 
 
 def run_from_layer(
@@ -193,6 +225,74 @@ def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     return int(differ[0]) if len(differ) else int(same.shape[0])
 
 
+class SharedPrompt:
+    """One pass over a prompt that several rows begin with (a GRPO group's), for every later pass over
+    those rows (`final_hidden(prompt=...)`, across micro-batches): its final hidden states (1, P, H) and each
+    layer's keys and values (1, h, P, d) from layer `start` on.
+
+    With gradients, `hidden` and the keys and values are leaves cut from the prompt pass's graph: every
+    row's backward pass (through the expansion to its micro-batch) adds its share into their `.grad`, and
+    `backward()` then runs the prompt pass's own backward once on the summed gradients. The result is the
+    unshared gradient (each row's gradient through the prompt tokens, summed), with the prompt's forward
+    and backward run once instead of once per row; only the rounding order differs (and, with
+    `lora_dropout` > 0, the prompt's dropout noise is shared by the rows, as inside one micro-batch without
+    it). Without gradients `backward()` does nothing.
+    """
+
+    def __init__(self, hidden: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], start: int, config):
+        self.start, self.config = start, config
+        self.graph: list[tuple[torch.Tensor, torch.Tensor]] = []  # (output of the pass, its leaf)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            outs = [hidden] + [t for pair in kv for t in pair]
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in outs]
+            self.graph = [(o, leaf) for o, leaf in zip(outs, leaves) if o.requires_grad]
+            hidden, kv = leaves[0], list(zip(leaves[1::2], leaves[2::2]))
+        self.hidden, self.kv = hidden, kv
+
+    @property
+    def length(self) -> int:
+        return self.hidden.shape[1]
+
+    def cache(self, rows: int) -> DynamicCache:
+        """A cache holding the prompt for `rows` rows: the keys and values expanded (a view; the layers
+        copy them when they append the rows' own tokens, and the copy's gradient is summed over the rows)."""
+        cache = DynamicCache(config=self.config)
+        for layer, (k, v) in zip(cache.layers[self.start :], self.kv):
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)
+        return cache
+
+    def backward(self) -> None:
+        """The prompt pass's backward on the gradients its rows left in the leaves (once, after the last of
+        them); the graph is released either way."""
+        pairs = [(o, leaf.grad) for o, leaf in self.graph if leaf.grad is not None]
+        self.graph = []
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+
+
+def group_prompt(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trunk: torch.Tensor | None = None,
+    trunk_at: int | None = None,
+) -> SharedPrompt | None:
+    """The pass over the prefix that all these rows (a group's, right-padded, (n, T)) begin with, run once
+    on the first row: at most every row's length - 1 tokens, so that each row keeps a token after it. None
+    when there is nothing worth sharing (one row, or a prefix shorter than `MIN_SHARED_PREFIX`).
+    `trunk` (n, T, H) and `trunk_at` as in `final_hidden`: the pass then runs from that layer."""
+    P = min(shared_prefix_len(input_ids, attention_mask), int(attention_mask.sum(1).min()) - 1)
+    if P < MIN_SHARED_PREFIX:
+        return None
+    decoder, _ = decoder_and_head(model)
+    cache = DynamicCache(config=decoder.config)
+    hidden = _run_prefix(decoder, input_ids[:1, :P], attention_mask[:1, :P], trunk, trunk_at, cache)
+    start = trunk_at if trunk is not None else 0
+    kv = [(layer.keys, layer.values) for layer in cache.layers[start : decoder.config.num_hidden_layers]]
+    return SharedPrompt(hidden, kv, start, decoder.config)  # hidden (1, P, H)
+
+
 def _logprob_chunk(head, hidden, targets, temperature: float, with_entropy: bool):
     """log p(target) (and the entropy) for one chunk of time steps: hidden (B, c, H), targets (B, c)."""
     logits = head(hidden).float()  # (B, c, V): the only vocabulary-sized tensors live here
@@ -217,6 +317,7 @@ def token_logprobs(
     positions: torch.Tensor | None = None,
     trunk: torch.Tensor | None = None,
     trunk_at: int | None = None,
+    prompt: SharedPrompt | None = None,
 ):
     """log p(x_t | x_<t) for t = 1..T-1, without holding the full (B, T, V) fp32 logits.
 
@@ -235,14 +336,14 @@ def token_logprobs(
     `cfg.temperature` for the ratio, the KL and the entropy); <= 0 means greedy and leaves them undivided,
     as `rollout.sample_tokens` records them.
     `trunk` (B, T, H) and `trunk_at`: the rollout's inputs to layer `trunk_at`; the decoder then runs from
-    that layer on (`final_hidden`).
+    that layer on (`final_hidden`). `prompt` (`group_prompt`): the rows' shared prompt, already run once.
     Assumes the logits are `head(h)` with no extra scaling (true for Llama, Qwen2, SmolLM2).
     """
     _, head = decoder_and_head(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     hidden = final_hidden(
-        model, input_ids, attention_mask, share_prefix=True, trunk=trunk, trunk_at=trunk_at
+        model, input_ids, attention_mask, share_prefix=True, trunk=trunk, trunk_at=trunk_at, prompt=prompt
     )  # (B, T, H)
     hidden = hidden[:, :-1]  # (B, T-1, H): position t-1 predicts token t
     targets = input_ids[:, 1:]  # (B, T-1)

@@ -29,7 +29,10 @@ Departures from the paper's training code (verl-based, 4 GPUs):
 - The output head runs on the tokens the loss reads (action tokens under the loss mask) only.
 - A minibatch's rows are ordered by group, so a micro-batch holding one group runs the group's prompt once
   (`logprobs.final_hidden(share_prefix=True)`; same log-probs and gradients, the prompt's LoRA dropout noise
-  shared by the group's rows).
+  shared by the group's rows). With `share_prompt` (off by default: the shipped runs were drawn without it)
+  micro-batches never mix groups and each group's prompt runs once per minibatch for all its rows, across
+  micro-batches, and once per group in the old / reference / value passes (`logprobs.SharedPrompt`): the
+  same maths, another rounding order.
 - When LoRA adapts only the top layers (`lora_top_layers`, the CPU default), the rollout keeps every token's
   input to the first adapted layer and the update runs only the adapted layers on it (`reuse_trunk`,
   `logprobs.trunk_layer`): the frozen layers below compute the same function at both times. The rollout's
@@ -74,7 +77,7 @@ from .checkpoint import (
 from .common import check_writable_dir, mean, peak_memory_mb, set_seed
 from .config import Config
 from .env import Task, build_task
-from .logprobs import final_hidden, token_logprobs, trunk_layer
+from .logprobs import SharedPrompt, final_hidden, group_prompt, token_logprobs, trunk_layer
 from .policy import compute_dtype, load_policy, reference
 from .rewards import score_trajectory, token_rewards
 from .rollout import episode_stats, rollout
@@ -355,16 +358,19 @@ def add_old_and_reference(batch: dict, model, value_head, cfg: Config, trunk_at:
     """log pi_old (recomputed where the sampler's differ, `recompute_old_logprobs`), log pi_ref (the adapter
     disabled, when kl_coef > 0) and PPO's old values, micro-batch by micro-batch, into `batch`."""
     logprobs = functools.partial(_logprobs, model, cfg, trunk_at)
+    per_micro_batch = functools.partial(_per_micro_batch, model=model, trunk_at=trunk_at)
     if recompute_old_logprobs(cfg):
-        batch["old_logprobs"] = _per_micro_batch(batch, cfg, logprobs)
+        batch["old_logprobs"] = per_micro_batch(batch, cfg, logprobs)
     batch["ref_logprobs"] = None
     if cfg.kl_coef > 0:
         with reference(model):
-            batch["ref_logprobs"] = _per_micro_batch(batch, cfg, logprobs)
+            batch["ref_logprobs"] = per_micro_batch(batch, cfg, logprobs)
     batch["old_values"] = None
     if value_head is not None:
-        batch["old_values"] = _per_micro_batch(
-            batch, cfg, lambda ids, am, pos, tr: _values(model, value_head, ids, am)
+        batch["old_values"] = per_micro_batch(
+            batch,
+            cfg,
+            lambda ids, am, pos, tr, prompt=None: _values(model, value_head, ids, am, tr, trunk_at, prompt),
         )
 
 
@@ -398,10 +404,12 @@ def update_minibatch(acc, cfg: Config, state: TrainState, batch: dict, mb_rows, 
     else:
         total = _sum_all(acc, torch.tensor(float(len(mb_rows)), device=mb_rows.device))
     ok = True
-    for micro_rows in mb_rows.split(cfg.micro_batch_size):
+    prompts = GroupPrompts(state.model, batch, mb_rows, trunk_at) if cfg.share_prompt else None
+    for micro_rows in micro_batches(batch["group"], mb_rows, cfg.micro_batch_size, cfg.share_prompt):
         micro = _select(batch, micro_rows)
         with acc.autocast():
-            loss, m = _micro_loss(state.model, state.value_head, micro, cfg, trunk_at)
+            prompt = None if prompts is None else prompts.get(micro_rows)  # (its backward: after its rows')
+            loss, m = _micro_loss(state.model, state.value_head, micro, cfg, trunk_at, prompt)
         if not algos.is_finite_loss(loss):
             ok = False
             break
@@ -409,6 +417,8 @@ def update_minibatch(acc, cfg: Config, state: TrainState, batch: dict, mb_rows, 
         acc.backward(loss * (float(share) / max(total, 1e-12)))
         for k, v in m.items():
             agg.setdefault(k, []).append(float(v))
+    if prompts is not None:
+        prompts.finish(backward=ok)
     ok = _all_true(acc, ok)
     if ok:
         _reduce_gradients(acc, params)
@@ -485,9 +495,12 @@ def recompute_old_logprobs(cfg: Config) -> bool:
     return cfg.load_in_4bit or compute_dtype(cfg) != torch.float32
 
 
-def _logprobs(model, cfg: Config, trunk_at: int | None, ids, am, positions=None, trunk=None) -> torch.Tensor:
+def _logprobs(
+    model, cfg: Config, trunk_at: int | None, ids, am, positions=None, trunk=None, prompt=None
+) -> torch.Tensor:
     """log pi(token t | < t) at the sampling temperature, (b, T-1), at `positions` (b, T-1) only; from the
-    rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H))."""
+    rollout's inputs to layer `trunk_at` when the batch has them (`trunk` (b, T, H)); on the rows' shared
+    `prompt` pass when given."""
     return token_logprobs(
         model,
         ids,
@@ -497,20 +510,33 @@ def _logprobs(model, cfg: Config, trunk_at: int | None, ids, am, positions=None,
         positions=positions,
         trunk=trunk,
         trunk_at=trunk_at,
+        prompt=prompt,
     )
 
 
-def _values(model, value_head, ids, am) -> torch.Tensor:
+def _values(model, value_head, ids, am, trunk=None, trunk_at=None, prompt=None) -> torch.Tensor:
     """(b, T-1) values V(s_t) in the log-prob layout; the trunk's features are detached (the critic head
-    learns from its own loss, the trunk from the policy loss)."""
+    learns from its own loss, the trunk from the policy loss). Every layer runs on the tokens, unless a
+    shared `prompt` pass is given (`share_prompt`): then from where it started (the trunk's layer)."""
     with torch.no_grad():
-        h = final_hidden(model, ids, am)  # (b, T, H)
+        if prompt is None:
+            h = final_hidden(model, ids, am)  # (b, T, H)
+        else:
+            h = final_hidden(model, ids, am, trunk=trunk, trunk_at=trunk_at, prompt=prompt)
     return algos.values_from_hidden(value_head, h)
 
 
-def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | None = None):
+def _micro_loss(
+    model,
+    value_head,
+    micro: dict,
+    cfg: Config,
+    trunk_at: int | None = None,
+    prompt: SharedPrompt | None = None,
+):
     """The loss of one micro-batch (policy loss + KL - entropy [+ value loss]) and its metrics; the decoder
-    runs from layer `trunk_at` on the rollout's inputs to it when the batch has them."""
+    runs from layer `trunk_at` on the rollout's inputs to it when the batch has them, and on the rows'
+    shared `prompt` pass when given (`share_prompt`)."""
     ids, am = micro["input_ids"], micro["attention_mask"]
     want_entropy = cfg.entropy_coef > 0
     out = token_logprobs(
@@ -523,6 +549,7 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | Non
         positions=micro["loss_weight"] > 0,
         trunk=micro.get("trunk_hidden"),  # (b, T, H) when the rollout kept it (only with trunk_at)
         trunk_at=trunk_at,
+        prompt=prompt,
     )
     logp, entropy = out if want_entropy else (out, None)
     loss, metrics = algos.policy_loss(
@@ -549,7 +576,7 @@ def _micro_loss(model, value_head, micro: dict, cfg: Config, trunk_at: int | Non
             metrics["first_clip_frac"] = float(((ratio[act] - 1).abs() > cfg.clip_eps).float().mean())
     if value_head is not None:
         vl = algos.value_loss(
-            _values(model, value_head, ids, am),
+            _values(model, value_head, ids, am, micro.get("trunk_hidden"), trunk_at, prompt),
             micro["old_values"],
             micro["returns"],
             algos.advantage_token_mask(micro["action_mask"], micro["response_mask"], cfg.advantage_mask),
@@ -566,11 +593,24 @@ def _trim(ids: torch.Tensor, am: torch.Tensor):
     return ids[:, :L], am[:, :L]
 
 
-def _per_micro_batch(batch: dict, cfg: Config, fn) -> torch.Tensor:
+def _per_micro_batch(batch: dict, cfg: Config, fn, model=None, trunk_at: int | None = None) -> torch.Tensor:
     """fn(ids, am, positions, trunk) -> (b, t-1) over micro-batches of the trimmed rows, padded back to
     (B, T-1); `positions` are the loss's tokens (`batch["loss_weight"] > 0`) in the trimmed layout, `trunk`
-    the rows' `trunk_hidden` (b, t, H) or None."""
+    the rows' `trunk_hidden` (b, t, H) or None. With `share_prompt`, micro-batches of one group each and
+    fn(..., prompt=) the group's prompt pass of `model`, run once per group."""
     B, T = batch["input_ids"].shape
+    if cfg.share_prompt:
+        rows = torch.argsort(batch["group"], stable=True)
+        prompts = GroupPrompts(model, batch, rows, trunk_at)
+        out = torch.zeros(B, T - 1, device=batch["input_ids"].device)
+        for micro_rows in micro_batches(batch["group"], rows, cfg.micro_batch_size, True):
+            ids, am = _trim(batch["input_ids"][micro_rows], batch["attention_mask"][micro_rows])
+            trunk = batch.get("trunk_hidden")
+            trunk = None if trunk is None else trunk[micro_rows, : ids.shape[1]]
+            pos = batch["loss_weight"][micro_rows, : ids.shape[1] - 1] > 0
+            x = fn(ids, am, pos, trunk, prompt=prompts.get(micro_rows))
+            out[micro_rows, : x.shape[1]] = x
+        return out  # (B, T-1)
     parts = []
     for i in range(0, B, cfg.micro_batch_size):
         rows = slice(i, i + cfg.micro_batch_size)
@@ -596,6 +636,43 @@ def _select(batch: dict, rows: torch.Tensor) -> dict:
         else:
             out[k] = v[rows, :L] if k in TOKEN_KEYS else v[rows, : L - 1]
     return out
+
+
+def micro_batches(group: torch.Tensor, rows: torch.Tensor, size: int, by_group: bool) -> list[torch.Tensor]:
+    """`rows` (ordered by `group` (B,) when `by_group`) in micro-batches of at most `size`; `by_group`: a
+    micro-batch never holds two groups (a group of 4 with size 3 gives 3 + 1)."""
+    if not by_group:
+        return list(rows.split(size))
+    counts = torch.unique_consecutive(group[rows], return_counts=True)[1]
+    return [m for run in rows.split(counts.tolist()) for m in run.split(size)]
+
+
+class GroupPrompts:
+    """Each group's prompt pass (`logprobs.group_prompt` over the group's rows among `rows`), made when the
+    group's first micro-batch asks for it and finished (its backward run on the gradients its rows left)
+    when the next group's comes or at `finish`: micro-batches come group by group (`micro_batches`)."""
+
+    def __init__(self, model, batch: dict, rows: torch.Tensor, trunk_at: int | None):
+        self.model, self.batch, self.rows, self.trunk_at = model, batch, rows, trunk_at
+        self.group: int | None = None
+        self.prompt: SharedPrompt | None = None
+
+    def get(self, micro_rows: torch.Tensor) -> SharedPrompt | None:
+        group = self.batch["group"]
+        g = int(group[micro_rows[0]])
+        if g != self.group:
+            self.finish()
+            rows = self.rows[group[self.rows] == g]
+            ids, am = _trim(self.batch["input_ids"][rows], self.batch["attention_mask"][rows])
+            trunk = self.batch.get("trunk_hidden")
+            trunk = None if trunk is None else trunk[rows[:1], : ids.shape[1]]  # (1, t, H): the first row's
+            self.group, self.prompt = g, group_prompt(self.model, ids, am, trunk, self.trunk_at)
+        return self.prompt
+
+    def finish(self, backward: bool = True) -> None:
+        if self.prompt is not None and backward:
+            self.prompt.backward()
+        self.prompt = None
 
 
 def _sum_all(acc: Accelerator, x: torch.Tensor) -> float:
