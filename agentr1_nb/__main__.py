@@ -299,6 +299,24 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="questions per evaluation; sets eval_questions (default: preset's)",
     )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="LABEL=PATH[,PATH...]",
+        help="evaluate an already-trained adapter (a row LABEL; several folders are its seeds; a run folder or "
+        '"shipped" works too) on every agent set, under the model and prompt of its training run; repeatable; '
+        "without --variants no variant is trained",
+    )
+    p.add_argument(
+        "--export-real",
+        nargs="?",
+        const="shipped",
+        default=None,
+        metavar="PATH",
+        help="after the comparison, write the adapters' and baselines' rows with per-question EM to PATH "
+        "(default: the package's results/agents_on_real.json, which notebook 06 shows); needs --adapter",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
     p.add_argument(
         "--baseline-sets",
@@ -418,13 +436,43 @@ def _demo(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     _print(demo(cfg, args.out), args.json)
 
 
+def _adapter_rows(values: list[str] | None) -> dict[str, list[str]] | None:
+    """`--adapter LABEL=PATH[,PATH...]` (repeatable) as {label: [folders]}; a value without "=", an empty
+    label or folder, or a label given twice is an error naming it (the folders are checked by `compare`)."""
+    if values is None:
+        return None
+    rows: dict[str, list[str]] = {}
+    for value in values:
+        label, eq, paths = value.partition("=")
+        folders = [f.strip() for f in paths.split(",")]
+        if not eq or not label.strip():
+            raise ValueError(f"--adapter {short_repr(value)}: give LABEL=PATH[,PATH...]")
+        if not any(folders):
+            raise ValueError(f"--adapter {short_repr(value)}: no adapter folder after '='")
+        if not all(folders):
+            raise ValueError(f"--adapter {short_repr(value)}: an empty folder in the comma-separated list")
+        if label.strip() in rows:
+            raise ValueError(
+                f"--adapter label {label.strip()!r} is given twice; give its folders (seeds) once, comma-separated"
+            )
+        rows[label.strip()] = folders
+    return rows
+
+
 def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     if "seed" in user:
         raise ValueError(f"seed={user['seed']}: compare trains one run per seed; use --seeds {user['seed']}")
     _unique("--seeds", args.seeds)
     _unique("--variants", args.variants)
     _unique("--baseline-sets", args.baseline_sets)
-    from .compare import FAST_OVERRIDES, compare, markdown_table
+    adapters = _adapter_rows(args.adapter)
+    if args.export_real is not None and not adapters:
+        raise ValueError("--export-real writes the adapters' rows: it needs --adapter LABEL=PATH")
+    if args.export_real is not None and args.fast:
+        raise ValueError("--export-real with --fast: a smoke run's numbers are not results")
+    if args.export_real is not None and not args.export_real.strip():
+        raise ValueError("--export-real '' is an empty path; name a file or leave the value out")
+    from .compare import FAST_OVERRIDES, SHIPPED_REAL, compare, export_real, markdown_table
 
     clash = [k for k in user if k != "steps" and k in FAST_OVERRIDES and user[k] != FAST_OVERRIDES[k]]
     if args.fast and clash:  # --fast would silently replace them (steps is --steps: it stays the user's)
@@ -435,6 +483,7 @@ def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         args.out,
         seeds=args.seeds,
         variants=args.variants,
+        adapters=adapters,
         eval_n=_flag_or_key(args, user, "eval_n", "eval_questions"),
         steps=_flag_or_key(args, user, "steps", "steps"),
         baselines=not args.no_baselines,
@@ -443,10 +492,17 @@ def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         fresh=args.fresh,
         saved_only=args.saved_only,
     )
+    exported = None
+    if args.export_real is not None:
+        dest = SHIPPED_REAL if args.export_real == "shipped" else args.export_real
+        exported = str(export_real(args.out, dest))
     if args.json:
-        print(dumps({"rows": res["rows"], "missing": res["missing"], "minutes": res["minutes"]}), flush=True)
+        shown = {"rows": res["rows"], "missing": res["missing"], "minutes": res["minutes"]}
+        print(dumps(dict(shown, exported=exported) if exported else shown), flush=True)
     else:
         print(markdown_table(res["rows"]))
+        if exported:
+            print(f"wrote {exported}")
 
 
 def _check(args: argparse.Namespace, cfg: Config, user: dict) -> int:

@@ -23,6 +23,7 @@ HUGE = "9" * 5000  # past Python's 4,300-digit int conversion limit
 EVAL = ["eval", "--method", "tool_call", "--dataset", "generated"]
 RETRIEVAL = ["retrieval", "--dataset", "generated"]
 AGENT = ["eval", "--method", "agent", "--adapter", "some/adapter", "--dataset", "generated"]
+NOT_AN_ADAPTER = str(Path(__file__).resolve().parent / "fixtures")  # a folder without adapter_config.json
 
 CASES = [
     # ---- argparse abbreviations are off: a prefix of an option is an unknown option, never that option
@@ -151,6 +152,26 @@ CASES = [
     ("compare-variant-unknown", ["compare", "--variants", "NOPE"], "'NOPE'"),
     ("compare-baseline-set-unknown", ["compare", "--baseline-sets", "nosuch"], "'nosuch'"),
     ("compare-fresh-saved-only", ["compare", "--fresh", "--saved-only"], "contradict"),
+    # ---- compare --adapter LABEL=PATH[,PATH...] and --export-real: checked before any model loads
+    ("compare-adapter-no-equals", ["compare", "--adapter", "GRPO"], "--adapter 'GRPO': give LABEL=PATH"),
+    ("compare-adapter-no-path", ["compare", "--adapter", "GRPO="], "no adapter folder after '='"),
+    ("compare-adapter-no-label", ["compare", "--adapter", "=shipped"], "give LABEL=PATH"),
+    ("compare-adapter-empty-folder", ["compare", "--adapter", "A=shipped,"], "an empty folder"),
+    (
+        "compare-adapter-label-twice",
+        ["compare", "--adapter", "A=shipped", "--adapter", "A=x"],
+        "--adapter label 'A' is given twice",
+    ),
+    ("compare-adapter-missing-folder", ["compare", "--adapter", "A=no/such/run"], "no/such/run not found"),
+    (
+        "compare-adapter-not-an-adapter",
+        ["compare", "--adapter", f"A={NOT_AN_ADAPTER}"],
+        "holds no LoRA adapter",
+    ),
+    ("compare-adapter-folder-twice", ["compare", "--adapter", "A=shipped,shipped"], "more than once"),
+    ("compare-adapter-baseline-label", ["compare", "--adapter", "Naive RAG=shipped"], "'Naive RAG' is also"),
+    ("compare-export-real-no-adapter", ["compare", "--export-real"], "needs --adapter"),
+    ("compare-export-real-fast", ["compare", "--adapter", "A=shipped", "--fast", "--export-real"], "--fast"),
 ]
 
 
