@@ -288,7 +288,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         "--variants",
         nargs="*",
         default=None,
-        help="variant names to run, each once (default all; none: baselines only)",
+        help="variant names to run, each once (default all, none with --adapter; none given: baselines only)",
     )
     p.add_argument(
         "--steps", type=_int_in(0), default=None, help="RL steps per run; sets steps (default: preset's)"
@@ -577,7 +577,8 @@ COMMANDS: dict[str, Command] = {
     "ask": Command("watch the trained agent (the shipped adapter) answer one question", _ask_args, _ask),
     "eval": Command("evaluate a method on a dataset", _eval_args, _eval),
     "compare": Command(
-        "the algorithm comparison of notebook 06: every variant x seed, the baselines, a results table",
+        "the algorithm comparison of notebook 06: every variant x seed (or trained adapters, --adapter), the "
+        "baselines, a results table",
         _compare_args,
         _compare,
     ),

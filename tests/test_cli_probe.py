@@ -220,3 +220,25 @@ def test_the_module_entry_point_gives_the_same_one_line_errors(argv, culprit, tm
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and culprit in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_adapter_rows_reach_compare_and_the_export(monkeypatch, tmp_path):
+    """`--adapter LABEL=PATH[,PATH...]` (repeatable) becomes {label: [folders]} (folders = seeds; spaces
+    around the commas dropped); `--export-real` without a value writes the package's shipped file."""
+    from agentr1_nb import compare as cmp
+
+    seen = {}
+
+    def fake_compare(cfg, out, **kw):
+        seen.update(kw, out=out)
+        return {"rows": [], "missing": [], "minutes": 0.0}
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    monkeypatch.setattr(cmp, "export_real", lambda out, dest: seen.setdefault("export", (out, dest)))
+    argv = ["compare", "--out", str(tmp_path), "--adapter", "GRPO (x)=a, b", "--adapter", "RLOO=c"]
+    assert main([*argv, "--export-real", "--json"]) == 0
+    assert seen["adapters"] == {"GRPO (x)": ["a", "b"], "RLOO": ["c"]} and seen["variants"] is None
+    assert seen["export"] == (str(tmp_path), cmp.SHIPPED_REAL)
+    seen.clear()
+    assert main([*argv, "--export-real", str(tmp_path / "r.json")]) == 0
+    assert seen["export"] == (str(tmp_path), str(tmp_path / "r.json"))
