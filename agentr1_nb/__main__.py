@@ -317,6 +317,14 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         help="after the comparison, write the adapters' and baselines' rows with per-question EM to PATH "
         "(default: the package's results/agents_on_real.json, which notebook 06 shows); needs --adapter",
     )
+    p.add_argument(
+        "--agent-sets",
+        nargs="+",
+        choices=DATASETS,
+        default=None,
+        help="datasets the agents (variants, adapters) are evaluated on (default: generated, hotpotqa and 2wiki "
+        "on a CPU preset)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
     p.add_argument(
         "--baseline-sets",
@@ -465,6 +473,7 @@ def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     _unique("--seeds", args.seeds)
     _unique("--variants", args.variants)
     _unique("--baseline-sets", args.baseline_sets)
+    _unique("--agent-sets", args.agent_sets)
     adapters = _adapter_rows(args.adapter)
     if args.export_real is not None and not adapters:
         raise ValueError("--export-real writes the adapters' rows: it needs --adapter LABEL=PATH")
@@ -487,6 +496,7 @@ def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         eval_n=_flag_or_key(args, user, "eval_n", "eval_questions"),
         steps=_flag_or_key(args, user, "steps", "steps"),
         baselines=not args.no_baselines,
+        agent_sets=args.agent_sets,
         baseline_sets=args.baseline_sets,
         fast=args.fast,
         fresh=args.fresh,

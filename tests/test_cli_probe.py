@@ -170,6 +170,12 @@ CASES = [
     ),
     ("compare-adapter-folder-twice", ["compare", "--adapter", "A=shipped,shipped"], "more than once"),
     ("compare-adapter-baseline-label", ["compare", "--adapter", "Naive RAG=shipped"], "'Naive RAG' is also"),
+    (
+        "compare-agent-sets-twice",
+        ["compare", "--agent-sets", "2wiki", "2wiki"],
+        "--agent-sets lists 2wiki twice",
+    ),
+    ("compare-agent-set-unknown", ["compare", "--agent-sets", "trivia"], "'trivia'"),
     ("compare-export-real-no-adapter", ["compare", "--export-real"], "needs --adapter"),
     ("compare-export-real-fast", ["compare", "--adapter", "A=shipped", "--fast", "--export-real"], "--fast"),
 ]
@@ -236,8 +242,9 @@ def test_compare_adapter_rows_reach_compare_and_the_export(monkeypatch, tmp_path
     monkeypatch.setattr(cmp, "compare", fake_compare)
     monkeypatch.setattr(cmp, "export_real", lambda out, dest: seen.setdefault("export", (out, dest)))
     argv = ["compare", "--out", str(tmp_path), "--adapter", "GRPO (x)=a, b", "--adapter", "RLOO=c"]
-    assert main([*argv, "--export-real", "--json"]) == 0
+    assert main([*argv, "--export-real", "--json", "--agent-sets", "hotpotqa", "2wiki"]) == 0
     assert seen["adapters"] == {"GRPO (x)": ["a", "b"], "RLOO": ["c"]} and seen["variants"] is None
+    assert seen["agent_sets"] == ["hotpotqa", "2wiki"]
     assert seen["export"] == (str(tmp_path), cmp.SHIPPED_REAL)
     seen.clear()
     assert main([*argv, "--export-real", str(tmp_path / "r.json")]) == 0
