@@ -488,13 +488,17 @@ def variant_result(session: Session, name: str, seed: int, tally: Tally) -> dict
 def complete_sets(session: Session, label: str, c: Config, run_dir: Path, result: dict, tally: Tally):
     """A read-back `result` with the agent sets it lacks (saved before they were asked for, or while their
     sample was missing) evaluated from the run's final adapter (its checkpoint of step `c.steps`) and saved
-    into result.json and `eval_<set>.jsonl`; with `saved_only`, listed as missing instead. None when the
-    checkpoint is not the final step's: the caller runs the variant (`run_variant` resumes it)."""
+    into result.json and `eval_<set>.jsonl`; with `saved_only`, listed as missing instead; a set whose sample
+    is still missing, left out. None when the checkpoint is not the final step's: the caller runs the
+    variant (`run_variant` resumes it)."""
     todo = [ds for ds in session.spec.agent_sets if ds not in result["eval"]]
     if not todo:
         return result
     if session.spec.saved_only:
         tally.missing += [f"{label} on {ds}" for ds in todo]
+        return result
+    todo = [ds for ds in todo if session.eval_set(ds) is not None]  # a missing sample stays missing
+    if not todo:
         return result
     ckpt = find_checkpoint(run_dir)
     try:

@@ -482,7 +482,11 @@ def test_a_saved_run_without_a_set_is_evaluated_from_its_adapter_not_trained(
         json.dumps(dict(key, agent_sets=["generated"], eval={"generated": [1.0] * 4}))
     )
 
-    def fake_set(cfg_, ds, eval_n):  # the generated world's questions stand in for a real set
+    def fake_set(
+        cfg_, ds, eval_n
+    ):  # the generated world's questions stand in for a real set; no 2Wiki sample
+        if ds == "2wiki":
+            return None
         qs, passages = load_eval_questions(cfg_.replace(dataset="generated"), eval_n)
         return qs, make_tools(cfg_, build_retriever(cfg_, passages)), cfg_.replace(dataset="generated")
 
@@ -507,6 +511,10 @@ def test_a_saved_run_without_a_set_is_evaluated_from_its_adapter_not_trained(
     assert [(r["method"], r["dataset"]) for r in res["rows"]] == [("GRPO", "generated"), ("GRPO", "hotpotqa")]
     assert cmp.compare(cfg, out, **kw)["rows"] == res["rows"] and len(calls) == 1  # now read back whole
     monkeypatch.setattr(cmp, "read_state", lambda ckpt: {"step": c.steps - 1})  # not the final adapter
+    more = cmp.compare(cfg, out, **dict(kw, agent_sets=["generated", "hotpotqa", "2wiki"]))
+    assert (
+        more["rows"] == res["rows"] and len(calls) == 1
+    )  # 2Wiki has no sample: nothing to evaluate or train
     (run_dir / "result.json").write_text(json.dumps(dict(key, eval={"generated": [1.0] * 4})))
     with pytest.raises(AssertionError, match="trained again"):
         cmp.compare(cfg, out, **kw)
