@@ -283,7 +283,7 @@ def real_record(results: dict) -> dict:
     """What `compare.export_real` ships from a comparison's results (results.json): the rows of the trained
     adapters (`CompareSpec.adapters`) and of the baselines, on every set they ran on, with their per-question
     EM (`per_question`, so any interval can be recomputed), the model, EVAL_N, each adapter's folders and
-    weights' hashes, the evaluation config and the date of the evaluation."""
+    weights' hashes, the evaluation config and the date (UTC) of the `compare` call that wrote it."""
     labels = set(results.get("adapters") or {})
     keep = [
         e for e in results.get("per_question", []) if e["method"] in labels or e["method"] in BASELINE_METHODS
