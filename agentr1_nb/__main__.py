@@ -288,7 +288,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         "--variants",
         nargs="*",
         default=None,
-        help="variant names to run, each once (default all; none: baselines only)",
+        help="variant names to run, each once (default all, none with --adapter; none given: baselines only)",
     )
     p.add_argument(
         "--steps", type=_int_in(0), default=None, help="RL steps per run; sets steps (default: preset's)"
@@ -298,6 +298,32 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         type=_int_in(1),
         default=None,
         help="questions per evaluation; sets eval_questions (default: preset's)",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="LABEL=PATH[,PATH...]",
+        help="evaluate an already-trained adapter (a row LABEL; several folders are its seeds; a run folder or "
+        '"shipped" works too) on every agent set, under the model and prompt of its training run; repeatable; '
+        "without --variants no variant is trained",
+    )
+    p.add_argument(
+        "--export-real",
+        nargs="?",
+        const="shipped",
+        default=None,
+        metavar="PATH",
+        help="after the comparison, write the adapters' and baselines' rows with per-question EM to PATH "
+        "(default: the package's results/agents_on_real.json, which notebook 06 shows); needs --adapter",
+    )
+    p.add_argument(
+        "--agent-sets",
+        nargs="+",
+        choices=DATASETS,
+        default=None,
+        help="datasets the agents (variants, adapters) are evaluated on (default: generated, hotpotqa and 2wiki "
+        "on a CPU preset)",
     )
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (a worker of a split run)")
     p.add_argument(
@@ -420,13 +446,44 @@ def _demo(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     _print(demo(cfg, args.out), args.json)
 
 
+def _adapter_rows(values: list[str] | None) -> dict[str, list[str]] | None:
+    """`--adapter LABEL=PATH[,PATH...]` (repeatable) as {label: [folders]}; a value without "=", an empty
+    label or folder, or a label given twice is an error naming it (the folders are checked by `compare`)."""
+    if values is None:
+        return None
+    rows: dict[str, list[str]] = {}
+    for value in values:
+        label, eq, paths = value.partition("=")
+        folders = [f.strip() for f in paths.split(",")]
+        if not eq or not label.strip():
+            raise ValueError(f"--adapter {short_repr(value)}: give LABEL=PATH[,PATH...]")
+        if not any(folders):
+            raise ValueError(f"--adapter {short_repr(value)}: no adapter folder after '='")
+        if not all(folders):
+            raise ValueError(f"--adapter {short_repr(value)}: an empty folder in the comma-separated list")
+        if label.strip() in rows:
+            raise ValueError(
+                f"--adapter label {label.strip()!r} is given twice; give its folders (seeds) once, comma-separated"
+            )
+        rows[label.strip()] = folders
+    return rows
+
+
 def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     if "seed" in user:
         raise ValueError(f"seed={user['seed']}: compare trains one run per seed; use --seeds {user['seed']}")
     _unique("--seeds", args.seeds)
     _unique("--variants", args.variants)
     _unique("--baseline-sets", args.baseline_sets)
-    from .compare import FAST_OVERRIDES, compare, markdown_table
+    _unique("--agent-sets", args.agent_sets)
+    adapters = _adapter_rows(args.adapter)
+    if args.export_real is not None and not adapters:
+        raise ValueError("--export-real writes the adapters' rows: it needs --adapter LABEL=PATH")
+    if args.export_real is not None and args.fast:
+        raise ValueError("--export-real with --fast: a smoke run's numbers are not results")
+    if args.export_real is not None and not args.export_real.strip():
+        raise ValueError("--export-real '' is an empty path; name a file or leave the value out")
+    from .compare import FAST_OVERRIDES, SHIPPED_REAL, compare, export_real, markdown_table
 
     clash = [k for k in user if k != "steps" and k in FAST_OVERRIDES and user[k] != FAST_OVERRIDES[k]]
     if args.fast and clash:  # --fast would silently replace them (steps is --steps: it stays the user's)
@@ -437,18 +494,27 @@ def _compare(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         args.out,
         seeds=args.seeds,
         variants=args.variants,
+        adapters=adapters,
         eval_n=_flag_or_key(args, user, "eval_n", "eval_questions"),
         steps=_flag_or_key(args, user, "steps", "steps"),
         baselines=not args.no_baselines,
+        agent_sets=args.agent_sets,
         baseline_sets=args.baseline_sets,
         fast=args.fast,
         fresh=args.fresh,
         saved_only=args.saved_only,
     )
+    exported = None
+    if args.export_real is not None:
+        dest = SHIPPED_REAL if args.export_real == "shipped" else args.export_real
+        exported = str(export_real(args.out, dest))
     if args.json:
-        print(dumps({"rows": res["rows"], "missing": res["missing"], "minutes": res["minutes"]}), flush=True)
+        shown = {"rows": res["rows"], "missing": res["missing"], "minutes": res["minutes"]}
+        print(dumps(dict(shown, exported=exported) if exported else shown), flush=True)
     else:
         print(markdown_table(res["rows"]))
+        if exported:
+            print(f"wrote {exported}")
 
 
 def _check(args: argparse.Namespace, cfg: Config, user: dict) -> int:
@@ -523,7 +589,8 @@ COMMANDS: dict[str, Command] = {
     "ask": Command("watch the trained agent (the shipped adapter) answer one question", _ask_args, _ask),
     "eval": Command("evaluate a method on a dataset", _eval_args, _eval),
     "compare": Command(
-        "the algorithm comparison of notebook 06: every variant x seed, the baselines, a results table",
+        "the algorithm comparison of notebook 06: every variant x seed (or trained adapters, --adapter), the "
+        "baselines, a results table",
         _compare_args,
         _compare,
     ),

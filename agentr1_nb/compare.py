@@ -6,26 +6,35 @@
     for each variant:  a `Config` override (`VARIANTS`): the experiment pipeline the demo runs
                        (`experiment.run_experiment`) from the warm-up adapter: `train()` for cfg.steps,
                        evaluate greedily on the held-out questions of each agent set; report.json as the demo's
+    for each adapter:  an already-trained agent (`CompareSpec.adapters`, `--adapter LABEL=PATH`), evaluated
+                       greedily on each agent set as `eval --method agent` does; its folders are its seeds
     baselines:         the base model, Naive RAG and Base Tool Call, zero-shot and 1-shot, on each baseline set
     rows:              EM per (method, dataset), the mean over seeds, with a seed-then-question bootstrap
                        interval (`hier_ci`); per variant, what its EM is made of (`kind_rows`: multi-hop
                        EM, EM by question kind, searches)  -> out_dir/results.json
 
-Everything is saved under `out_dir` and read back when asked for again with the same key (the run's config,
-EVAL_N, the evaluation sets and the warm-up batch; for the baselines the config without the RL fields), so
+Agents trained on the generated world are evaluated on its held-out questions and on the real HotpotQA and
+2Wiki samples (`default_sets`; a missing sample is skipped with a note).
+Everything is saved under `out_dir` and read back when asked for again with the same key (`compare_store`:
+the run's config, EVAL_N and the warm-up batch; for the baselines the config without the RL fields; for an
+adapter its weights' hash, the set, EVAL_N and the evaluation config); a saved run that lacks an evaluation
+set asked for now is evaluated on it from its final adapter, not trained again. So
 an interrupted run resumes, a finished run asked for with more steps trains on from its checkpoint, and a
 long run can be split over processes: `variants=[...]`, `baselines=False` in each worker, then one full call
 that reads everything back and writes the table.
 Within a seed, the variants differ only in the RL: same warm-up weights, questions, retriever and prompt.
 A saved result that cannot be read or has the wrong shape is run again, with a warning naming the file.
-The paper's numbers, the variants and the table's statistics are in `compare_table` (their names are
-importable from here too).
+The paper's numbers, the variants and the table's statistics are in `compare_table`, the keys and the
+shipped files (`export_real`: the adapters and baselines on the real samples) in `compare_store` (their
+names are importable from here too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -41,8 +50,27 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import naive_rag, tool_call
-from .checkpoint import config_changes, find_checkpoint, load_metrics
+from .checkpoint import CheckpointError, find_checkpoint, load_metrics, read_state
 from .common import atomic_write_json, check_writable_dir, hub_reachable, replace_dir, set_seed
+from .compare_store import (  # the saved results' names are compare's too (notebook 06, the CLI, tests)
+    SHIPPED_COMPARISON,  # noqa: F401
+    SHIPPED_REAL,  # noqa: F401
+    adapter_hash,
+    baseline_key,
+    baseline_shape,
+    can_resume,
+    ems_list,
+    eval_key,
+    export_comparison,  # noqa: F401
+    export_real,  # noqa: F401
+    read_back,
+    run_key,
+    run_shape,
+    shipped_comparison,  # noqa: F401
+    shipped_real,  # noqa: F401
+    shown_path,
+    without,
+)
 from .compare_table import (
     BASELINE_METHODS,
     FAST_EVAL_N,
@@ -61,114 +89,21 @@ from .compare_table import (
     kind_rows,
     markdown_table,  # noqa: F401
     paper_markdown,  # noqa: F401
+    real_markdown,  # noqa: F401
+    real_record,  # noqa: F401
     run_slug,
     table_rows,
+    transfer_lines,  # noqa: F401
 )
 from .config import Config
-from .env import build_task
-from .evaluate import load_eval_questions
+from .env import ToolEnv, build_task
+from .evaluate import evaluate_agent, load_eval_questions
 from .experiment import EvalSet, run_experiment, train_ours
-from .policy import load_policy, load_tokenizer
+from .policy import check_adapter, load_policy, load_tokenizer
 from .retrieval import build_retriever
+from .runs import agent_config, resolve_adapter
 from .sft import sft_warmup
 from .tools import make_tools
-
-# ----------------------------------------------------------------------------- saved results
-
-
-def read_back(path: str | Path, key: dict, shape: Callable[[dict], bool] | None = None) -> dict | None:
-    """The result saved at `path` if it was computed with `key` (every item equal), else None.
-
-    A saved file that cannot be used (not UTF-8, not JSON, a crash mid-write from an older version, not a JSON
-    object, or failing `shape`) counts as not saved: None, with a warning naming the file, and the run is
-    done again (its result then replaces the file)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(saved, dict) or (shape is not None and not shape(saved)):
-            raise ValueError(f"not a saved result of this shape ({type(saved).__name__})")
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        warnings.warn(f"ignoring the saved result {path} (it will be computed again): {e}", stacklevel=2)
-        return None
-    return saved if all(saved.get(k) == v for k, v in key.items()) else None
-
-
-def _ems(x) -> bool:
-    """A list of per-question EMs (numbers)."""
-    return isinstance(x, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
-
-
-def run_shape(saved: dict) -> bool:
-    """What `compare` reads of a variant's result.json: `eval` = {dataset: [per-question EM]}."""
-    ev = saved.get("eval")
-    return isinstance(ev, dict) and all(isinstance(k, str) and _ems(v) for k, v in ev.items())
-
-
-def baseline_shape(saved: dict) -> bool:
-    """What `compare` reads of baselines_<dataset>.json: [per-question EM] per method of `BASELINE_METHODS`."""
-    return all(_ems(saved.get(m)) for m in BASELINE_METHODS)
-
-
-def can_resume(saved_key: dict | None, cfg: Config) -> bool:
-    """Whether a run whose `train_key.json` is `saved_key` can be trained on under `cfg`.
-
-    Yes when it learned the same thing (its stored config differs from `cfg` only in fields that change how a
-    run is executed, `checkpoint.RESUMABLE_FIELDS`) and it asked for no more steps than `cfg` does: a finished
-    20-step run asked for with 40 steps trains on from its checkpoint (the learning rate is constant after
-    its warm-up, so 20 + 20 steps are the same as 40), one asked for with fewer steps starts over."""
-    stored = (saved_key or {}).get("config")
-    if not stored:
-        return False
-    forbidden, _ = config_changes(stored, cfg)
-    return not forbidden and stored.get("steps", 0) <= cfg.steps
-
-
-def _without(d: dict, fields) -> dict:
-    return {k: v for k, v in d.items() if k not in fields}
-
-
-def run_key(cfg: Config, eval_n: int, agent_sets: list[str], sft_batch: int) -> dict:
-    """What a finished run's result depends on: its config, the evaluation size and sets, the warm-up batch."""
-    return {"config": cfg.to_dict(), "eval_n": eval_n, "agent_sets": list(agent_sets), "sft_batch": sft_batch}
-
-
-def baseline_key(cfg: Config, eval_n: int) -> dict:
-    """The baselines run the base model greedily: the RL fields and the seed do not change them."""
-    return {"config": _without(cfg.to_dict(), (*RL_FIELDS, "seed")), "eval_n": eval_n}
-
-
-SHIPPED_COMPARISON = Path(__file__).resolve().parent / "results" / "comparison.json"
-"""A finished CPU comparison's results.json, shipped with the package (a few KB: the rows, the kind rows,
-the config, the timings; no weights and no per-question files) for the README and notebook 06."""
-
-
-def export_comparison(out_dir: str | Path, dest: str | Path = SHIPPED_COMPARISON) -> Path:
-    """Copy `out_dir/results.json` of a finished comparison to `dest`. A FAST smoke run is refused: its
-    numbers are not results."""
-    src = Path(out_dir) / "results.json"
-    if not src.is_file():
-        raise FileNotFoundError(f"{out_dir} holds no results.json: not a finished comparison")
-    results = json.loads(src.read_text())
-    if "FAST" in results.get("note", "") or results.get("steps", 0) < 2:
-        raise ValueError(f"{src} is a FAST smoke run ({results.get('steps')} RL step(s)): not results")
-    atomic_write_json(dest, results)
-    return Path(dest)
-
-
-def shipped_comparison(path: str | Path = SHIPPED_COMPARISON) -> dict | None:
-    """The comparison shipped with the package (`export_comparison`), or None when there is none; an
-    unreadable file is None with a warning."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        warnings.warn(f"skipping the shipped comparison {path}: {e}", stacklevel=2)
-        return None
-
 
 # ----------------------------------------------------------------------------- the stages
 
@@ -223,7 +158,7 @@ def warm_start(
     `fresh` redoes it even when saved.
     """
     c = cfg.replace(seed=seed)
-    key = {"config": _without(c.to_dict(), RL_FIELDS), "sft_batch": sft_batch}
+    key = {"config": without(c.to_dict(), RL_FIELDS), "sft_batch": sft_batch}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(out_dir) / f"sft_seed{seed}_{digest}"
     if (path / "adapter_config.json").is_file() and not fresh:
@@ -332,6 +267,65 @@ def run_baselines(model, tokenizer, questions: list, tools: list, cfg: Config, p
     return out
 
 
+def evaluate_adapter(session: Session, cfg: Config, adapter, datasets: list[str], folder, desc: str) -> dict:
+    """{dataset: per-question records} of the trained `adapter` evaluated greedily under `cfg`
+    (`evaluate.evaluate_agent`, as `eval --method agent` and a variant's run do) on each of `datasets` that
+    is available (`Session.eval_set`; one that is not is left out), the records also written to
+    `folder/eval_<dataset>.jsonl`. The policy is loaded once, and only when some set is available."""
+    sets = {ds: es for ds in datasets if (es := session.eval_set(ds)) is not None}
+    if not sets:
+        return {}
+    set_seed(0)
+    model, tok = load_policy(cfg, adapter=adapter)
+    out = {}
+    for ds, (questions, tools, cds) in sets.items():
+        c = cfg.replace(dataset=cds.dataset, data_path=cds.data_path, corpus_path=cds.corpus_path)
+        make_env = lambda tools=tools, c=c: ToolEnv(tools, tok, c)  # noqa: E731
+        _, out[ds] = evaluate_agent(
+            model, tok, questions, make_env, c, Path(folder) / f"eval_{ds}.jsonl", desc=f"{desc} on {ds}"
+        )
+    del model
+    free()
+    return out
+
+
+def check_adapters(cfg: Config, adapters: dict, variants: list[str]) -> dict[str, list[str]]:
+    """`CompareSpec.adapters` ({label: folders, one per seed}) with each folder resolved
+    (`runs.resolve_adapter`: an adapter folder, a run folder, or "shipped") and checked before anything loads
+    (`policy.check_adapter`, and its run's config.json as `runs.agent_config` reads it). An empty label, a
+    label that is also a baseline or a variant row, no folder, a folder listed twice, a missing folder or
+    one that is not an adapter: an error naming it."""
+    if not isinstance(adapters, dict):
+        raise ValueError(
+            f"compare: adapters must map a label to its folders, not a {type(adapters).__name__}"
+        )
+    checked = {}
+    for label, folders in adapters.items():
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"compare: adapter label {label!r} is empty; name each adapter row")
+        if label in BASELINE_METHODS or label in variants:
+            raise ValueError(
+                f"compare: adapter label {label!r} is also the name of a baseline or variant row"
+            )
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        if not folders or any(not str(f).strip() for f in folders):
+            raise ValueError(f"compare: adapter {label!r} needs its folders (one per seed), not {folders!r}")
+        dirs = []
+        for f in folders:
+            d = resolve_adapter(f)  # FileNotFoundError naming the folder
+            check_adapter(d)
+            with contextlib.redirect_stderr(io.StringIO()):  # its note is printed when it is evaluated
+                agent_config(cfg, d)
+            dirs.append(str(d))
+        twice = sorted({d for d in dirs if dirs.count(d) > 1})
+        if twice:
+            raise ValueError(
+                f"compare: adapter {label!r} lists {twice[0]} more than once (one folder per seed)"
+            )
+        checked[label] = dirs
+    return checked
+
+
 # ----------------------------------------------------------------------------- the entry point
 
 
@@ -340,7 +334,14 @@ class CompareSpec:
     """What `compare` runs (None: the default named; the FAST ones with `fast`).
 
     seeds: training seeds; default [0, 1, 2] ([0] with `fast`).
-    variants: names in `VARIANTS` to run; default all (`FAST_VARIANTS` with `fast`); [] for none.
+    variants: names in `VARIANTS` to run; default all (`FAST_VARIANTS` with `fast`), none when `adapters`
+        are given; [] for none.
+    adapters: already-trained agents to evaluate instead of (or beside) training variants: {row label:
+        [adapter folders, one per seed]} (a folder may be a run folder or "shipped"; `check_adapters`). Each
+        is evaluated greedily on every agent set as `eval --method agent --adapter` does: the model, LoRA
+        and prompt style of its training run (its config.json, `runs.agent_config`), everything else
+        (budgets, retriever, top_k) from `cfg`. Saved per set under out_dir/adapters/<weights' hash>/ and
+        read back with the same `eval_key`. Its rows are a variant's: several folders are seeds.
     eval_n: held-out questions per evaluation set; default `cfg.eval_questions` (`FAST_EVAL_N` with `fast`).
     steps: RL steps per run; default `cfg.steps` (1 with `fast`).
     agent_sets, baseline_sets: evaluation datasets; default `default_sets(cfg)`.
@@ -357,6 +358,7 @@ class CompareSpec:
 
     seeds: list[int] | None = None
     variants: list[str] | None = None
+    adapters: dict[str, list[str]] | None = None
     eval_n: int | None = None
     steps: int | None = None
     agent_sets: list[str] | None = None
@@ -374,7 +376,11 @@ class CompareSpec:
         fast = self.fast
         cfg = fast_config(cfg) if fast else cfg
         cfg = cfg.replace(steps=self.steps) if self.steps is not None else cfg
-        names = list(self.variants if self.variants is not None else (FAST_VARIANTS if fast else VARIANTS))
+        names = list(
+            self.variants
+            if self.variants is not None
+            else ([] if self.adapters else FAST_VARIANTS if fast else VARIANTS)
+        )
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
@@ -385,6 +391,7 @@ class CompareSpec:
             self,
             seeds=list(self.seeds if self.seeds is not None else (FAST_SEEDS if fast else [0, 1, 2])),
             variants=names,
+            adapters=check_adapters(cfg, self.adapters or {}, names),
             eval_n=self.eval_n if self.eval_n is not None else (FAST_EVAL_N if fast else cfg.eval_questions),
             steps=cfg.steps,
             sft_batch=self.sft_batch if self.sft_batch is not None else (FAST_SFT_BATCH if fast else 8),
@@ -412,10 +419,12 @@ class CompareSpec:
 
 @dataclass
 class Tally:
-    """What a comparison has gathered: {(method, dataset): per-seed lists of per-question EM}, seconds per
-    run, the runs read back, those left out (`saved_only`), and the finished (variant, seed) pairs."""
+    """What a comparison has gathered: {(method, dataset): per-seed lists of per-question EM}, the adapters'
+    folders and hashes, seconds per run, the runs read back, those left out (`saved_only`), and the finished
+    (variant, seed) pairs."""
 
     runs: dict = field(default_factory=dict)
+    adapters: dict = field(default_factory=dict)  # label -> [{"path", "sha256"}]
     seconds: dict = field(default_factory=dict)
     reused: list = field(default_factory=list)
     missing: list = field(default_factory=list)
@@ -457,9 +466,11 @@ def variant_result(session: Session, name: str, seed: int, tally: Tally) -> dict
     spec = session.spec
     c = session.cfg.replace(seed=seed, **VARIANTS[name])
     run_dir = session.out / f"{run_slug(name)}_seed{seed}"
-    key = run_key(c, spec.eval_n, spec.agent_sets, spec.sft_batch)
+    key = run_key(c, spec.eval_n, spec.sft_batch)
     label = f"{name} seed {seed}"
     result = None if spec.fresh else read_back(run_dir / "result.json", key, run_shape)
+    if result is not None:
+        result = complete_sets(session, label, c, run_dir, result, tally)
     if result is not None:
         tally.reused.append(label)
         return result
@@ -472,6 +483,81 @@ def variant_result(session: Session, name: str, seed: int, tally: Tally) -> dict
     result = run_variant(c, run_dir, adapter, session.task, sets, key, fresh=spec.fresh)
     free()
     return result
+
+
+def complete_sets(session: Session, label: str, c: Config, run_dir: Path, result: dict, tally: Tally):
+    """A read-back `result` with the agent sets it lacks (saved before they were asked for, or while their
+    sample was missing) evaluated from the run's final adapter (its checkpoint of step `c.steps`) and saved
+    into result.json and `eval_<set>.jsonl`; with `saved_only`, listed as missing instead; a set whose sample
+    is still missing, left out. None when the checkpoint is not the final step's: the caller runs the
+    variant (`run_variant` resumes it)."""
+    todo = [ds for ds in session.spec.agent_sets if ds not in result["eval"]]
+    if not todo:
+        return result
+    if session.spec.saved_only:
+        tally.missing += [f"{label} on {ds}" for ds in todo]
+        return result
+    todo = [ds for ds in todo if session.eval_set(ds) is not None]  # a missing sample stays missing
+    if not todo:
+        return result
+    ckpt = find_checkpoint(run_dir)
+    try:
+        final = ckpt is not None and read_state(ckpt)["step"] == c.steps
+    except CheckpointError:
+        final = False
+    if not final:
+        return None
+    records = evaluate_adapter(session, c, ckpt / "adapter", todo, run_dir, label)
+    if records:
+        result["eval"].update({ds: [r["em"] for r in recs] for ds, recs in records.items()})
+        atomic_write_json(run_dir / "result.json", result)
+    return result
+
+
+def adapter_result(session: Session, label: str, folder: str, tally: Tally) -> dict:
+    """{dataset: per-question EM} of the trained adapter `folder` (a row of `label`) on every agent set:
+    read back when saved with the same `eval_key` (out/adapters/<hash>/eval_<set>.json), else evaluated
+    (`evaluate_adapter`) and saved; a set whose sample is missing is left out, and with `saved_only` a set
+    not saved is listed as missing."""
+    spec = session.spec
+    c = agent_config(session.cfg, Path(folder))
+    sha = adapter_hash(folder)
+    where = session.out / "adapters" / sha[:16]
+    tally.adapters.setdefault(label, []).append({"path": shown_path(folder), "sha256": sha})
+    name = f"{label} ({shown_path(folder)})"
+    ems, todo = {}, []
+    for ds in spec.agent_sets:
+        key = eval_key(c, spec.eval_n, ds, sha)
+        saved = (
+            None if spec.fresh else read_back(where / f"eval_{ds}.json", key, lambda d: ems_list(d.get("em")))
+        )
+        if saved is None:
+            todo.append(ds)
+        else:
+            ems[ds] = saved["em"]
+            tally.reused.append(f"{name} on {ds}")
+    if todo and spec.saved_only:
+        tally.missing += [f"{name} on {ds}" for ds in todo]
+    elif todo:
+        t = time.time()
+        where.mkdir(parents=True, exist_ok=True)
+        for ds, recs in evaluate_adapter(session, c, folder, todo, where, label).items():
+            ems[ds] = [r["em"] for r in recs]
+            atomic_write_json(where / f"eval_{ds}.json", dict(eval_key(c, spec.eval_n, ds, sha), em=ems[ds]))
+        tally.seconds[name] = round(time.time() - t, 1)
+    return ems
+
+
+def run_all_adapters(session: Session, tally: Tally) -> None:
+    """Every adapter folder of the spec (`adapter_result`), into `tally` under its label (folders = seeds)."""
+    for label, folders in session.spec.adapters.items():
+        for folder in folders:
+            ems = adapter_result(session, label, folder, tally)
+            for ds in session.spec.agent_sets:  # the spec's order
+                if ds in ems:
+                    tally.runs.setdefault((label, ds), []).append(ems[ds])
+            shown = ", ".join(f"{ds} EM {np.mean(e):.3f}" for ds, e in ems.items())
+            session.say(f"{label} ({shown_path(folder)}): {shown or 'nothing evaluated'}")
 
 
 def run_all_variants(session: Session, tally: Tally) -> None:
@@ -488,8 +574,9 @@ def run_all_variants(session: Session, tally: Tally) -> None:
                 continue
             tally.seconds[label] = result.get("seconds")
             tally.finished.append((name, seed))
-            for ds, ems in result["eval"].items():
-                tally.runs.setdefault((name, ds), []).append(ems)
+            for ds in spec.agent_sets:  # a saved result may hold sets not asked for now
+                if ds in result["eval"]:
+                    tally.runs.setdefault((name, ds), []).append(result["eval"][ds])
             ems = ", ".join(f"{ds} EM {np.mean(e):.3f}" for ds, e in result["eval"].items())
             session.say(
                 f"{label}: {ems} ({result.get('seconds')} s{', read back' if label in tally.reused else ''})"
@@ -536,10 +623,12 @@ def compare(cfg: Config, out_dir: str | Path, spec: CompareSpec | None = None, *
     """Run (or read back) the comparison and write `out_dir/results.json`; return what it holds.
 
     cfg: the preset (with overrides) every variant starts from. `spec` (or its fields as keyword arguments:
-    seeds, variants, eval_n, steps, agent_sets, baseline_sets, baselines, sft_batch, fast, fresh,
+    seeds, variants, adapters, eval_n, steps, agent_sets, baseline_sets, baselines, sft_batch, fast, fresh,
     saved_only, progress, note) says what to run: see `CompareSpec`.
 
-    Returns {"rows": `table_rows` of this call's variants and baselines (of those saved, with `saved_only`),
+    Returns {"rows": `table_rows` of this call's variants, adapters and baselines (of those saved, with
+    `saved_only`), "per_question" (the adapters' and baselines' per-question EM, per seed: what
+    `export_real` ships), "adapters" ({label: [{"path", "sha256"}]}), "date" (UTC),
     "missing" (what `saved_only` left out), "kind_rows" (`kind_rows` of its
     variants: multi-hop EM, EM by question kind, searches), "seconds_per_run",
     "reused" (what was read back), "config", "seeds", "steps", "eval_n", "variants", "agent_sets",
@@ -550,11 +639,13 @@ def compare(cfg: Config, out_dir: str | Path, spec: CompareSpec | None = None, *
     out = check_writable_dir(out_dir, "comparison folder")  # before minutes of work
     session, tally = Session(cfg, spec, out), Tally()
     run_all_variants(session, tally)
+    run_all_adapters(session, tally)
     if spec.baselines:
         run_all_baselines(session, tally)
     results = {
         "note": spec.note,
         "model": cfg.model,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seeds": spec.seeds,
         "steps": cfg.steps,
         "eval_n": spec.eval_n,
@@ -562,7 +653,13 @@ def compare(cfg: Config, out_dir: str | Path, spec: CompareSpec | None = None, *
         "agent_sets": spec.agent_sets,
         "baseline_sets": spec.baseline_sets if spec.baselines else [],
         "config": cfg.to_dict(),
+        "adapters": tally.adapters,
         "rows": table_rows(tally.runs),
+        "per_question": [  # the adapters' and baselines' (the variants' are in their run folders)
+            {"method": m, "dataset": ds, "em": per_seed}
+            for (m, ds), per_seed in tally.runs.items()
+            if m not in spec.variants
+        ],
         "kind_rows": kind_rows(out, tally.finished, spec.agent_sets),
         "paper": PAPER,
         "seconds_per_run": tally.seconds,

@@ -56,6 +56,9 @@ BASELINE_METHODS = ("Base Tool Call", "Base Tool Call (1-shot)", "Naive RAG", "N
 """The baseline rows: the paper's zero-shot prompts, and one worked example ("1-shot", `few_shot`)."""
 
 REAL_SETS = ["hotpotqa", "2wiki", "musique"]
+GENERATED_SETS = ["generated", "hotpotqa", "2wiki"]
+"""The evaluation sets of a run trained on the generated world: its own held-out questions and the two real
+samples that ship beside the project (`Config.data_dir`)."""
 RL_FIELDS = ("steps", "algo", "advantage_mask", "loss_mask", "use_process_reward")
 """Fields the variants and the step count change: the warm-up and the baselines do not depend on them."""
 
@@ -83,11 +86,12 @@ def fast_config(cfg: Config) -> Config:
 
 
 def default_sets(cfg: Config) -> tuple[list[str], list[str]]:
-    """(agent sets, baseline sets). Trained on the generated world (the CPU presets): agents are evaluated on
-    its held-out questions, the baselines also on the real HotpotQA and 2Wiki samples. Trained on a real
-    dataset (the GPU presets): both on the paper's three datasets (MuSiQue out of domain)."""
+    """(agent sets, baseline sets). Trained on the generated world (the CPU presets): agents and baselines
+    are evaluated on its held-out questions and on the real HotpotQA and 2Wiki samples (what a model trained
+    on a fictional world transfers); a sample that is missing is skipped with a note (`load_eval_set`).
+    Trained on a real dataset (the GPU presets): both on the paper's three datasets (MuSiQue out of domain)."""
     if cfg.dataset == "generated":
-        return ["generated"], ["generated", "hotpotqa", "2wiki"]
+        return list(GENERATED_SETS), list(GENERATED_SETS)
     return list(REAL_SETS), list(REAL_SETS)
 
 
@@ -228,9 +232,24 @@ def paper_markdown(paper: dict = PAPER) -> str:
     )
 
 
-def markdown_table(rows: list[dict], paper: dict = PAPER) -> str:
-    """Our EM [95% CI] per dataset (n questions per seed), beside the paper's four columns."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+def paper_row(method: str, paper: dict = PAPER) -> dict:
+    """The paper's numbers beside a row of ours: its method's, or for a trained adapter's label such as
+    "GRPO (cpu_demo adapter)" those of the method the label starts with (the text before " ("); none for
+    our 1-shot baselines (the paper's baselines are zero-shot)."""
+    if method in paper:
+        return paper[method]
+    return {} if method in BASELINE_METHODS else paper.get(method.split(" (")[0], {})
+
+
+def markdown_table(rows: list[dict], paper: dict = PAPER, datasets: list[str] | None = None) -> str:
+    """Our EM [95% CI] per dataset (n questions per seed), beside the paper's four columns; `datasets`
+    orders our columns (default: as they first appear in `rows`; those without a row are left out)."""
+    present = list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = (
+        [d for d in datasets if d in present] + [d for d in present if d not in datasets]
+        if datasets
+        else present
+    )
     cell = {(r["method"], r["dataset"]): r for r in rows}
     n = {r["dataset"]: r["n"] for r in reversed(rows)}
     ours = " | ".join(f"ours: {ds} (n={n[ds]})" for ds in datasets)
@@ -241,7 +260,7 @@ def markdown_table(rows: list[dict], paper: dict = PAPER) -> str:
     for m in dict.fromkeys(r["method"] for r in rows):
         shown = [cell.get((m, ds)) for ds in datasets]
         ours = ["" if r is None else f"{r['em']:.3f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" for r in shown]
-        theirs = [_fmt(paper.get(m, {}).get(c)) for c in PAPER_COLUMNS]
+        theirs = [_fmt(paper_row(m, paper).get(c)) for c in PAPER_COLUMNS]
         lines.append(f"| {m} | " + " | ".join(ours + theirs) + " |")
     return "\n".join(lines)
 
@@ -249,3 +268,70 @@ def markdown_table(rows: list[dict], paper: dict = PAPER) -> str:
 def run_slug(name: str) -> str:
     """The folder name of a variant's runs (`<slug>_seed<s>`)."""
     return name.replace(" ", "_").replace("/", "").replace("+", "p")
+
+
+# ----------------------------------------------------------------------------- the agents on real questions
+
+
+def per_question_runs(entries: list[dict]) -> dict:
+    """`table_rows`' input, {(method, dataset): [per-seed lists of per-question EM]}, from the `per_question`
+    entries of a comparison's results ([{"method", "dataset", "em": [[...], ...]}])."""
+    return {(e["method"], e["dataset"]): e["em"] for e in entries}
+
+
+def real_record(results: dict) -> dict:
+    """What `compare.export_real` ships from a comparison's results (results.json): the rows of the trained
+    adapters (`CompareSpec.adapters`) and of the baselines, on every set they ran on, with their per-question
+    EM (`per_question`, so any interval can be recomputed), the model, EVAL_N, each adapter's folders and
+    weights' hashes, the evaluation config and the date (UTC) of the `compare` call that wrote it."""
+    labels = set(results.get("adapters") or {})
+    keep = [
+        e for e in results.get("per_question", []) if e["method"] in labels or e["method"] in BASELINE_METHODS
+    ]
+    return {
+        "note": results.get("note", ""),
+        "model": results.get("model"),
+        "date": results.get("date"),
+        "eval_n": results.get("eval_n"),
+        "agent_sets": results.get("agent_sets", []),
+        "baseline_sets": results.get("baseline_sets", []),
+        "adapters": results.get("adapters", {}),
+        "config": results.get("config", {}),
+        "rows": table_rows(per_question_runs(keep)),
+        "per_question": keep,
+    }
+
+
+def real_markdown(record: dict, paper: dict = PAPER) -> str:
+    """A shipped `real_record` as `markdown_table`: EM [95% CI] per set (intervals recomputed from the
+    per-question EM: seeds, then questions), beside the paper's columns."""
+    rows = table_rows(per_question_runs(record["per_question"]))
+    return markdown_table(rows, paper, datasets=record.get("agent_sets"))
+
+
+def transfer_lines(record: dict, n_boot: int = 2000) -> list[str]:
+    """One sentence per (adapter, real set) of a `real_record`: its EM against the best baseline on the same
+    questions, with the paired difference (mean over the adapter's seeds minus the baseline, per question)
+    and its 95% bootstrap interval, and what that interval says: above, below, or no difference these
+    questions can show. Sets whose rows are missing or of other lengths are left out."""
+    runs = per_question_runs(record["per_question"])
+    lines = []
+    for label in record.get("adapters", {}):
+        for ds in dict.fromkeys(d for _, d in runs if d != "generated"):
+            ours = runs.get((label, ds))
+            base = {m: runs[(m, ds)][0] for m in BASELINE_METHODS if (m, ds) in runs}
+            if not ours or not base or any(len(x) != len(ours[0]) for x in [*ours, *base.values()]):
+                continue
+            best = max(base, key=lambda m: np.mean(base[m]))
+            diff = np.mean(ours, axis=0) - np.asarray(base[best], dtype=float)
+            lo, hi = bootstrap_ci(diff, n_boot=n_boot)
+            verdict = (
+                "above it" if lo > 0 else "below it" if hi < 0 else "no difference these questions can show"
+            )
+            ci = hier_ci(ours, n_boot=n_boot)
+            lines.append(
+                f"{label} on {ds} (n={len(diff)}): EM {np.mean(ours):.3f} [{ci[0]:.2f}, {ci[1]:.2f}]; the best "
+                f"baseline there, {best}, {np.mean(base[best]):.3f}; difference {diff.mean():+.3f} "
+                f"[{lo:+.2f}, {hi:+.2f}] (paired over questions): {verdict}"
+            )
+    return lines

@@ -23,6 +23,7 @@ HUGE = "9" * 5000  # past Python's 4,300-digit int conversion limit
 EVAL = ["eval", "--method", "tool_call", "--dataset", "generated"]
 RETRIEVAL = ["retrieval", "--dataset", "generated"]
 AGENT = ["eval", "--method", "agent", "--adapter", "some/adapter", "--dataset", "generated"]
+NOT_AN_ADAPTER = str(Path(__file__).resolve().parent / "fixtures")  # a folder without adapter_config.json
 
 CASES = [
     # ---- argparse abbreviations are off: a prefix of an option is an unknown option, never that option
@@ -151,6 +152,32 @@ CASES = [
     ("compare-variant-unknown", ["compare", "--variants", "NOPE"], "'NOPE'"),
     ("compare-baseline-set-unknown", ["compare", "--baseline-sets", "nosuch"], "'nosuch'"),
     ("compare-fresh-saved-only", ["compare", "--fresh", "--saved-only"], "contradict"),
+    # ---- compare --adapter LABEL=PATH[,PATH...] and --export-real: checked before any model loads
+    ("compare-adapter-no-equals", ["compare", "--adapter", "GRPO"], "--adapter 'GRPO': give LABEL=PATH"),
+    ("compare-adapter-no-path", ["compare", "--adapter", "GRPO="], "no adapter folder after '='"),
+    ("compare-adapter-no-label", ["compare", "--adapter", "=shipped"], "give LABEL=PATH"),
+    ("compare-adapter-empty-folder", ["compare", "--adapter", "A=shipped,"], "an empty folder"),
+    (
+        "compare-adapter-label-twice",
+        ["compare", "--adapter", "A=shipped", "--adapter", "A=x"],
+        "--adapter label 'A' is given twice",
+    ),
+    ("compare-adapter-missing-folder", ["compare", "--adapter", "A=no/such/run"], "no/such/run not found"),
+    (
+        "compare-adapter-not-an-adapter",
+        ["compare", "--adapter", f"A={NOT_AN_ADAPTER}"],
+        "holds no LoRA adapter",
+    ),
+    ("compare-adapter-folder-twice", ["compare", "--adapter", "A=shipped,shipped"], "more than once"),
+    ("compare-adapter-baseline-label", ["compare", "--adapter", "Naive RAG=shipped"], "'Naive RAG' is also"),
+    (
+        "compare-agent-sets-twice",
+        ["compare", "--agent-sets", "2wiki", "2wiki"],
+        "--agent-sets lists 2wiki twice",
+    ),
+    ("compare-agent-set-unknown", ["compare", "--agent-sets", "trivia"], "'trivia'"),
+    ("compare-export-real-no-adapter", ["compare", "--export-real"], "needs --adapter"),
+    ("compare-export-real-fast", ["compare", "--adapter", "A=shipped", "--fast", "--export-real"], "--fast"),
 ]
 
 
@@ -199,3 +226,26 @@ def test_the_module_entry_point_gives_the_same_one_line_errors(argv, culprit, tm
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and culprit in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_adapter_rows_reach_compare_and_the_export(monkeypatch, tmp_path):
+    """`--adapter LABEL=PATH[,PATH...]` (repeatable) becomes {label: [folders]} (folders = seeds; spaces
+    around the commas dropped); `--export-real` without a value writes the package's shipped file."""
+    from agentr1_nb import compare as cmp
+
+    seen = {}
+
+    def fake_compare(cfg, out, **kw):
+        seen.update(kw, out=out)
+        return {"rows": [], "missing": [], "minutes": 0.0}
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    monkeypatch.setattr(cmp, "export_real", lambda out, dest: seen.setdefault("export", (out, dest)))
+    argv = ["compare", "--out", str(tmp_path), "--adapter", "GRPO (x)=a, b", "--adapter", "RLOO=c"]
+    assert main([*argv, "--export-real", "--json", "--agent-sets", "hotpotqa", "2wiki"]) == 0
+    assert seen["adapters"] == {"GRPO (x)": ["a", "b"], "RLOO": ["c"]} and seen["variants"] is None
+    assert seen["agent_sets"] == ["hotpotqa", "2wiki"]
+    assert seen["export"] == (str(tmp_path), cmp.SHIPPED_REAL)
+    seen.clear()
+    assert main([*argv, "--export-real", str(tmp_path / "r.json")]) == 0
+    assert seen["export"] == (str(tmp_path), str(tmp_path / "r.json"))

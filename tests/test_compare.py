@@ -48,19 +48,22 @@ def test_hier_ci_holds_the_seed_to_seed_noise():
 # ----------------------------------------------------------------------------- read-back keys
 
 
-def test_read_back_needs_the_same_config_eval_n_and_sets(tmp_path):
+def test_read_back_needs_the_same_config_eval_n_and_warm_up(tmp_path):
     cfg = get_config("cpu_demo")
-    key = cmp.run_key(cfg, 4, ["generated"], 2)
+    key = cmp.run_key(cfg, 4, 2)
     path = tmp_path / "result.json"
     assert cmp.read_back(path, key) is None  # nothing saved
     path.write_text(json.dumps(dict(key, eval={"generated": [1.0, 0.0]})))
     assert cmp.read_back(path, key)["eval"] == {"generated": [1.0, 0.0]}
     assert cmp.read_back(path, json.loads(json.dumps(key))) is not None  # survives a JSON round trip
-    assert cmp.read_back(path, cmp.run_key(cfg.replace(steps=3), 4, ["generated"], 2)) is None
-    assert cmp.read_back(path, cmp.run_key(cfg.replace(algo="rloo"), 4, ["generated"], 2)) is None
-    assert cmp.read_back(path, cmp.run_key(cfg, 5, ["generated"], 2)) is None  # another EVAL_N
-    assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated", "2wiki"], 2)) is None
-    assert cmp.read_back(path, cmp.run_key(cfg, 4, ["generated"], 8)) is None  # another warm-up
+    assert cmp.read_back(path, cmp.run_key(cfg.replace(steps=3), 4, 2)) is None
+    assert cmp.read_back(path, cmp.run_key(cfg.replace(algo="rloo"), 4, 2)) is None
+    assert cmp.read_back(path, cmp.run_key(cfg, 5, 2)) is None  # another EVAL_N
+    assert cmp.read_back(path, cmp.run_key(cfg, 4, 8)) is None  # another warm-up
+    # a result saved when the key held the evaluation sets (before the real sets were added) still reads back:
+    # the sets it lacks are evaluated from its adapter (`complete_sets`), it is not trained again
+    path.write_text(json.dumps(dict(key, agent_sets=["generated"], eval={"generated": [1.0]})))
+    assert cmp.read_back(path, key)["eval"] == {"generated": [1.0]}
     path.write_text('{"config": ')  # half a file
     with pytest.warns(UserWarning, match=f"ignoring the saved result {path}"):
         assert cmp.read_back(path, key) is None
@@ -207,7 +210,8 @@ def test_paper_and_variants_are_consistent():
         cfg.replace(**over)  # every variant is a valid Config
     fast = cmp.fast_config(cfg)
     assert fast.steps == 1 and fast.group_size == 2 and fast.sft_warmup_steps == 2
-    assert cmp.default_sets(cfg) == (["generated"], ["generated", "hotpotqa", "2wiki"])
+    # trained on the generated world: the agents on the real samples too, as the baselines
+    assert cmp.default_sets(cfg) == (["generated", "hotpotqa", "2wiki"], ["generated", "hotpotqa", "2wiki"])
     assert cmp.default_sets(get_config("colab_t4"))[0] == ["hotpotqa", "2wiki", "musique"]
 
 
@@ -250,7 +254,9 @@ def test_compare_end_to_end_then_reads_back(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(cmp, "load_policy", tiny)  # the warm-up and the baselines
     monkeypatch.setattr(experiment, "load_policy", tiny)  # the variants' runs
     cfg = get_config("cpu_demo")
-    kw = dict(fast=True, variants=["GRPO"], baseline_sets=["generated"], progress=False)
+    kw = dict(
+        fast=True, variants=["GRPO"], agent_sets=["generated"], baseline_sets=["generated"], progress=False
+    )
     res = cmp.compare(cfg, tmp_path, **kw)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == res["rows"]
@@ -305,7 +311,7 @@ def test_compare_with_more_steps_trains_a_finished_run_on(tmp_path, monkeypatch,
 
     monkeypatch.setattr(experiment, "train", train)
     cfg = get_config("cpu_demo")
-    kw = dict(fast=True, variants=["GRPO"], baselines=False, progress=False)
+    kw = dict(fast=True, variants=["GRPO"], agent_sets=["generated"], baselines=False, progress=False)
     metrics = tmp_path / "GRPO_seed0" / "metrics.jsonl"
     cmp.compare(cfg, tmp_path, steps=1, **kw)
     (step1,) = metrics.read_text().splitlines()
@@ -317,3 +323,273 @@ def test_compare_with_more_steps_trains_a_finished_run_on(tmp_path, monkeypatch,
     assert saved["config"]["steps"] == 2 and len(saved["eval"]["generated"]) == cmp.FAST_EVAL_N
     cmp.compare(cfg, tmp_path, steps=1, **kw)
     assert calls[-1] == (1, False) and len(metrics.read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- trained adapters, real sets
+
+
+def _no_samples(monkeypatch, tmp_path):
+    """A clone alone: $AGENTR1_DATA an empty folder, the hub off."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("AGENTR1_DATA", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _saved_adapters(tokenizer, root, seeds=(0, 1)):
+    from conftest import tiny_lora_policy
+
+    folders = []
+    for seed in seeds:
+        folder = root / f"adapter_s{seed}"
+        tiny_lora_policy(tokenizer, seed=seed).save_pretrained(folder)
+        folders.append(str(folder))
+    return folders
+
+
+def _tiny_loader(tokenizer, calls):
+    """`load_policy` for tests: the tiny base model with the adapter folder it is given, recorded in `calls`."""
+    from conftest import make_tiny_model
+    from peft import PeftModel
+
+    def load(cfg, adapter=None):
+        calls.append(None if adapter is None else str(adapter))
+        base = make_tiny_model(len(tokenizer))
+        base.config.pad_token_id = tokenizer.pad_token_id
+        return PeftModel.from_pretrained(base, str(adapter)), tokenizer
+
+    return load
+
+
+def test_adapter_rows_are_evaluated_then_read_back_on_a_clone(tmp_path, monkeypatch, tokenizer, capsys):
+    """Two adapter folders are two seeds of one row; with no samples (a clone alone) the real sets are skipped
+    with a line, the generated world is evaluated; asked again, nothing loads; another EVAL_N evaluates again."""
+    _no_samples(monkeypatch, tmp_path)
+    folders = _saved_adapters(tokenizer, tmp_path)
+    calls: list = []
+    monkeypatch.setattr(cmp, "load_policy", _tiny_loader(tokenizer, calls))
+    cfg = get_config("cpu_demo")
+    label = "GRPO (tiny adapter)"
+    kw = dict(fast=True, adapters={label: folders}, baselines=False, progress=False)
+    res = cmp.compare(cfg, tmp_path / "cmp", **kw)
+    assert res["variants"] == [] and res["agent_sets"] == ["generated", "hotpotqa", "2wiki"]
+    assert "skipping hotpotqa" in capsys.readouterr().err
+    assert calls == folders  # one load per folder, with its adapter
+    (row,) = res["rows"]
+    assert (row["method"], row["dataset"], row["seeds"], row["n"]) == (label, "generated", 2, cmp.FAST_EVAL_N)
+    (entry,) = res["per_question"]
+    assert entry["method"] == label and len(entry["em"]) == 2
+    assert row["ci"] == cmp.hier_ci(entry["em"]) and row["em_per_seed"] == [
+        sum(x) / len(x) for x in entry["em"]
+    ]
+    assert [a["sha256"] for a in res["adapters"][label]] == [cmp.adapter_hash(f) for f in folders]
+    sha = res["adapters"][label][0]["sha256"]
+    assert (tmp_path / "cmp" / "adapters" / sha[:16] / "eval_generated.jsonl").is_file()
+    table = cmp.markdown_table(res["rows"])
+    assert f"| {label} | " in table and "| 0.4405 | 0.5741 |" in table  # beside the paper's GRPO
+
+    def no_loading(*a, **k):
+        raise AssertionError("a saved adapter evaluation was loaded again")
+
+    monkeypatch.setattr(cmp, "load_policy", no_loading)
+    again = cmp.compare(cfg, tmp_path / "cmp", **kw)
+    assert again["rows"] == res["rows"] and again["per_question"] == res["per_question"]
+    assert again["reused"] == [f"{label} ({f}) on generated" for f in folders]
+    monkeypatch.setattr(cmp, "load_policy", _tiny_loader(tokenizer, calls))
+    cmp.compare(cfg, tmp_path / "cmp", **dict(kw, eval_n=3))  # another key: evaluated again
+    assert calls == folders * 2
+    with pytest.raises(ValueError, match="no row on a real set"):
+        cmp.export_real(tmp_path / "cmp", tmp_path / "real.json")
+
+
+@pytest.mark.parametrize(
+    "adapters, match",
+    [
+        ({"A": []}, "needs its folders"),
+        ({"A": ["missing/run"]}, "missing/run not found"),
+        ({" ": ["shipped"]}, "label ' ' is empty"),
+        ({"GRPO": ["shipped"]}, "'GRPO' is also the name"),
+        ({"A": ["shipped", "shipped"]}, "more than once"),
+        (["shipped"], "must map a label"),
+    ],
+)
+def test_bad_adapters_are_refused_before_loading(tmp_path, monkeypatch, adapters, match):
+    def no_loading(*a, **k):
+        raise AssertionError("compare loaded something before checking its adapters")
+
+    monkeypatch.setattr(cmp, "load_policy", no_loading)
+    variants = ["GRPO"] if "GRPO" in adapters else None
+    with pytest.raises(ValueError if "not found" not in match else FileNotFoundError, match=match):
+        cmp.compare(get_config("cpu_demo"), tmp_path / "cmp", adapters=adapters, variants=variants)
+    assert not (tmp_path / "cmp").exists()
+    not_adapter = tmp_path / "plain"
+    not_adapter.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
+        cmp.compare(get_config("cpu_demo"), tmp_path / "cmp", adapters={"A": [str(not_adapter)]})
+
+
+def test_default_sets_with_and_without_the_samples(tmp_path, monkeypatch, capsys, shared_data):
+    cfg_with = get_config("cpu_demo", {"data_dir": str(shared_data)})
+    questions, tools, c = cmp.load_eval_set(cfg_with, "hotpotqa", 3)
+    assert len(questions) == 3 and c.dataset == "hotpotqa" and tools
+    assert cmp.load_eval_set(cfg_with, "2wiki", 2)[2].dataset == "2wiki"
+    _no_samples(monkeypatch, tmp_path)
+    cfg = get_config("cpu_demo")
+    assert cmp.default_sets(cfg)[0] == ["generated", "hotpotqa", "2wiki"]
+    assert cmp.load_eval_set(cfg, "hotpotqa", 3) is None
+    (line,) = capsys.readouterr().err.strip().splitlines()  # one line naming the set and the folder
+    assert line.startswith("skipping hotpotqa: ") and str(tmp_path / "no-data") in line
+
+
+def test_an_adapter_row_on_a_real_sample(tmp_path, monkeypatch, tokenizer, shared_data):
+    folders = _saved_adapters(tokenizer, tmp_path, seeds=[0])
+    calls: list = []
+    monkeypatch.setattr(cmp, "load_policy", _tiny_loader(tokenizer, calls))
+    cfg = get_config("cpu_demo", {"data_dir": str(shared_data)})
+    kw = dict(fast=True, adapters={"A": folders}, agent_sets=["hotpotqa"], baselines=False, progress=False)
+    res = cmp.compare(cfg, tmp_path / "cmp", **dict(kw, eval_n=2))
+    (row,) = res["rows"]
+    assert (row["method"], row["dataset"], row["n"], row["seeds"]) == (
+        "A",
+        "hotpotqa",
+        2,
+        1,
+    ) and calls == folders
+    sha = res["adapters"]["A"][0]["sha256"]
+    saved = json.loads((tmp_path / "cmp" / "adapters" / sha[:16] / "eval_hotpotqa.json").read_text())
+    assert saved["dataset"] == "hotpotqa" and saved["eval_n"] == 2 and len(saved["em"]) == 2
+
+
+def test_a_saved_run_without_a_set_is_evaluated_from_its_adapter_not_trained(
+    tmp_path, monkeypatch, tokenizer
+):
+    """A run saved before the real sets were asked for (its result.json holds `generated` only) gets the new
+    set evaluated from its final checkpoint's adapter, added to result.json; it is not trained again."""
+    from agentr1_nb.evaluate import load_eval_questions
+    from agentr1_nb.retrieval import build_retriever
+    from agentr1_nb.tools import make_tools
+
+    cfg = get_config("cpu_demo")
+    out = tmp_path / "cmp"
+    run_dir = out / "GRPO_seed0"
+    adapter = run_dir / "checkpoint" / "adapter"
+    from conftest import tiny_lora_policy
+
+    tiny_lora_policy(tokenizer).save_pretrained(adapter)  # the run's final checkpoint
+    c = cmp.fast_config(cfg).replace(seed=0, **cmp.VARIANTS["GRPO"])
+    key = cmp.run_key(c, cmp.FAST_EVAL_N, cmp.FAST_SFT_BATCH)
+    (run_dir / "result.json").write_text(
+        json.dumps(dict(key, agent_sets=["generated"], eval={"generated": [1.0] * 4}))
+    )
+
+    def fake_set(
+        cfg_, ds, eval_n
+    ):  # the generated world's questions stand in for a real set; no 2Wiki sample
+        if ds == "2wiki":
+            return None
+        qs, passages = load_eval_questions(cfg_.replace(dataset="generated"), eval_n)
+        return qs, make_tools(cfg_, build_retriever(cfg_, passages)), cfg_.replace(dataset="generated")
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    calls: list = []
+    monkeypatch.setattr(cmp, "load_eval_set", fake_set)
+    monkeypatch.setattr(cmp, "find_checkpoint", lambda d: d / "checkpoint")
+    monkeypatch.setattr(cmp, "read_state", lambda ckpt: {"step": c.steps})
+    monkeypatch.setattr(cmp, "load_policy", _tiny_loader(tokenizer, calls))
+    monkeypatch.setattr(cmp, "run_variant", no_training)
+    monkeypatch.setattr(cmp, "warm_start", no_training)
+    kw = dict(
+        fast=True, variants=["GRPO"], agent_sets=["generated", "hotpotqa"], baselines=False, progress=False
+    )
+    res = cmp.compare(cfg, out, **kw)
+    assert calls == [str(adapter)] and res["reused"] == ["GRPO seed 0"]
+    saved = json.loads((run_dir / "result.json").read_text())
+    assert saved["eval"]["generated"] == [1.0] * 4 and len(saved["eval"]["hotpotqa"]) == cmp.FAST_EVAL_N
+    assert (run_dir / "eval_hotpotqa.jsonl").is_file()
+    assert [(r["method"], r["dataset"]) for r in res["rows"]] == [("GRPO", "generated"), ("GRPO", "hotpotqa")]
+    assert cmp.compare(cfg, out, **kw)["rows"] == res["rows"] and len(calls) == 1  # now read back whole
+    monkeypatch.setattr(cmp, "read_state", lambda ckpt: {"step": c.steps - 1})  # not the final adapter
+    more = cmp.compare(cfg, out, **dict(kw, agent_sets=["generated", "hotpotqa", "2wiki"]))
+    assert (
+        more["rows"] == res["rows"] and len(calls) == 1
+    )  # 2Wiki has no sample: nothing to evaluate or train
+    (run_dir / "result.json").write_text(json.dumps(dict(key, eval={"generated": [1.0] * 4})))
+    with pytest.raises(AssertionError, match="trained again"):
+        cmp.compare(cfg, out, **kw)
+
+
+def _real_results(**over):
+    per_question = [
+        {"method": "GRPO (x adapter)", "dataset": "generated", "em": [[1, 1, 0, 1], [1, 0, 1, 1]]},
+        {"method": "GRPO (x adapter)", "dataset": "hotpotqa", "em": [[1, 1, 1, 1], [1, 1, 1, 0]]},
+        {"method": "Naive RAG", "dataset": "hotpotqa", "em": [[0, 0, 0, 0]]},
+        {"method": "Naive RAG (1-shot)", "dataset": "hotpotqa", "em": [[0, 0, 1, 0]]},
+        {"method": "GRPO", "dataset": "generated", "em": [[1, 1, 1, 1]]},  # a variant: not shipped
+    ]
+    return {
+        "note": "",
+        "model": "smollm2-135m",
+        "date": "2026-12-07T08:00:00Z",
+        "eval_n": 4,
+        "agent_sets": ["generated", "hotpotqa"],
+        "adapters": {
+            "GRPO (x adapter)": [{"path": "a", "sha256": "0" * 64}, {"path": "b", "sha256": "1" * 64}]
+        },
+        "config": {"dataset": "generated"},
+        "per_question": per_question,
+        **over,
+    }
+
+
+def test_export_real_ships_the_adapter_and_baseline_rows_per_question(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_real_results(note="FAST smoke run: not results")))
+    with pytest.raises(ValueError, match="FAST smoke run"):
+        cmp.export_real(run, tmp_path / "real.json")
+    (run / "results.json").write_text(json.dumps(_real_results(adapters={})))
+    with pytest.raises(ValueError, match="no adapter rows"):
+        cmp.export_real(run, tmp_path / "real.json")
+    assert not (tmp_path / "real.json").exists()
+    (run / "results.json").write_text(json.dumps(_real_results()))
+    record = cmp.shipped_real(cmp.export_real(run, tmp_path / "real.json"))
+    assert {e["method"] for e in record["per_question"]} == {
+        "GRPO (x adapter)",
+        "Naive RAG",
+        "Naive RAG (1-shot)",
+    }
+    assert record["model"] == "smollm2-135m" and record["eval_n"] == 4 and record["date"].startswith("2026")
+    assert record["adapters"]["GRPO (x adapter)"][1]["sha256"] == "1" * 64
+    rows = {(r["method"], r["dataset"]): r for r in record["rows"]}
+    hot = rows[("GRPO (x adapter)", "hotpotqa")]
+    assert (
+        hot["em"] == pytest.approx(0.875)
+        and hot["seeds"] == 2
+        and hot["ci"] == cmp.hier_ci([[1, 1, 1, 1], [1, 1, 1, 0]])
+    )
+    table = cmp.real_markdown(record)
+    assert "| GRPO (x adapter) | 0.750 [" in table and "| Naive RAG (1-shot) |  | 0.250 [" in table
+    (line,) = cmp.transfer_lines(record, n_boot=300)  # one real set
+    assert (
+        line.startswith("GRPO (x adapter) on hotpotqa (n=4): EM 0.875")
+        and "Naive RAG (1-shot), 0.250" in line
+    )
+    assert "difference +0.625" in line and line.endswith(
+        ("above it", "no difference these questions can show")
+    )
+    assert cmp.shipped_real(tmp_path / "absent.json") is None
+
+
+def test_transfer_lines_say_below_when_the_baseline_is_better():
+    record = cmp.real_record(
+        _real_results(
+            per_question=[
+                {"method": "GRPO (x adapter)", "dataset": "2wiki", "em": [[0] * 30]},
+                {"method": "Naive RAG", "dataset": "2wiki", "em": [[1] * 30]},
+            ]
+        )
+    )
+    (line,) = cmp.transfer_lines(record, n_boot=200)
+    assert "difference -1.000 [-1.00, -1.00]" in line and line.endswith("below it")
