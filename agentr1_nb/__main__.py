@@ -190,7 +190,9 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["logprobs", "rollout", "step", "update", "parser", "trainers"])
+    p.add_argument(
+        "what", choices=["logprobs", "rollout", "rollout-account", "step", "update", "parser", "trainers"]
+    )
     p.add_argument(
         "--steps",
         type=_int_in(1),
@@ -393,6 +395,10 @@ def _bench(args: argparse.Namespace, cfg: Config, user: dict) -> None:
         _print(bench.bench_logprobs(), args.json)
     elif args.what == "rollout":
         _print(bench.bench_rollout(cfg), args.json)
+    elif args.what == "rollout-account":
+        from .bench_rollout import bench_rollout_account
+
+        _print(bench_rollout_account(cfg), args.json)
     elif args.what == "step":
         _print(bench.bench_step(cfg), args.json)
     elif args.what == "update":

@@ -6,6 +6,8 @@
   `model.generate` and `naive_rollout`, the re-encode-every-turn loop of Search-R1-like code.
 - `bench_step`: where the time of one training step goes (rollout, old/ref log-probs, update), against the
   model's own decoding forward at the same batch (the framework-overhead ceiling), and the peak RSS.
+- `bench_rollout_account` (`bench_rollout.py`): the rollout's wall time part by part, and its gap to the
+  decoding ceiling split into the schedule's share and ours.
 - `bench_trainers`: our trainer against TRL's GRPOTrainer, with and without our rollout (its parts:
   `bench_trainers.py`).
 - `info`: versions, device, bf16 and bitsandbytes support, the CPU default model folder.
@@ -380,6 +382,7 @@ def bench_step(cfg: Config, steps: int = 2) -> dict:
     tokens per second of rollout), `first_ratio_mean` / `first_ratio_max` / `first_clip_frac` (the first
     minibatch's ratios on fresh data: 1 when the training pass reproduces the sampler); then
     `forward_ceiling_tokens_per_s` (`decode_ceiling` at the rollout's batch and the prompt's length),
+    `rollout_ratio` (rollout tokens/s over that ceiling; `bench rollout-account` splits the gap part by part),
     `peak_rss_mb` (the whole process, warm-up and training included) and `update_from_layer` (the layer
     the update started at: `trunk_layer` with `reuse_trunk`, else 0). `reuse_trunk=false` times the update
     that recomputes every layer.
@@ -402,6 +405,7 @@ def bench_step(cfg: Config, steps: int = 2) -> dict:
     out = {k: avg(k) for k in ("rollout_s", "logprob_s", "update_s", "step_s")}
     out["rollout_tokens_per_s"] = avg("tokens_per_s")
     out["forward_ceiling_tokens_per_s"] = round(decode_ceiling(model, rows, context), 2)
+    out["rollout_ratio"] = round(out["rollout_tokens_per_s"] / out["forward_ceiling_tokens_per_s"], 3)
     out.update(
         {k: avg(k) for k in ("first_ratio_mean", "first_ratio_max", "first_clip_frac") if k in timed[0]}
     )

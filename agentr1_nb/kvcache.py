@@ -60,6 +60,12 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self.key_buf[..., : L + P, :], self.value_buf[..., : L + P, :]
         return self.keys, self.values
 
+    def adopt(self, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int) -> None:
+        """Take (n, heads, capacity, d) buffers as this layer's, their first `length` columns as its cache."""
+        self.lazy_initialization(key_buf[..., :0, :], value_buf[..., :0, :])
+        self.key_buf, self.value_buf = key_buf, value_buf
+        self.keys, self.values = key_buf[..., :length, :], value_buf[..., :length, :]
+
     def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Set keys/values wholesale and let go of the buffers at once: they would otherwise stay alive until
         the next `update`, so that after `KVBatch.compact`, `select` or `merge` every layer held two copies of
@@ -90,6 +96,18 @@ def new_cache(model) -> DynamicCache:
             "layers); pass use_cache=False"
         )
     cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
+def placeholder_cache(
+    model, pools: list[tuple[torch.Tensor, torch.Tensor]], rows: int, length: int
+) -> DynamicCache:
+    """A cache of `rows` rows and `length` columns whose layers write on into `pools` (one (keys, values)
+    pair of (N >= rows, heads, capacity, d) tensors per layer): the shape of a real cache without computing
+    one, for timing a decoding forward (`bench.replay_decoding`); the values are whatever `pools` hold."""
+    cache = new_cache(model)
+    for layer, (k, v) in zip(cache.layers, pools):
+        layer.adopt(k[:rows], v[:rows], length)
     return cache
 
 
@@ -133,7 +151,9 @@ class KVBatch:
     Without the anchor that would happen whenever the rows left have equal lengths, e.g. a single row.
 
     `timer` (a dict with `forward_s` and `forward_calls`) and `probe` (a `HiddenProbe` or None) are shared by
-    every batch made from this one.
+    every batch made from this one. Each forward adds its seconds to `forward_s` (the model call alone) and
+    the probe's dealing to `probe_s`; when `timer` has a list `calls`, it also appends (rows, columns fed,
+    tokens fed (padding not counted), longest row's tokens after the call, seconds): the schedule that `bench.rollout_account` replays.
     """
 
     def __init__(
@@ -174,7 +194,8 @@ class KVBatch:
         logits = out.logits[:, -1]  # (n, V)
         if logits.is_cuda:
             torch.cuda.synchronize()
-        self.timer["forward_s"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.timer["forward_s"] += t1 - t0
         self.timer["forward_calls"] += 1
         if self.probe is not None:
             if not self.use_cache:  # the whole history was fed again: keep only this call's
@@ -182,8 +203,14 @@ class KVBatch:
                     r.hidden.clear()
             fed = [len(p) for p in pending] if self.use_cache else [len(r.traj.token_ids) for r in self.rows]
             self.probe.deal(self.rows, fed)
+            self.timer["probe_s"] = self.timer.get("probe_s", 0.0) + time.perf_counter() - t1
+        longest = 0
         for r in self.rows:
             r.n_fed = len(r.traj.token_ids)
+            longest = max(longest, r.n_fed)
+        if "calls" in self.timer:  # the schedule, for `bench.rollout_account`
+            real = sum(map(len, pending)) if self.use_cache else int(mask.sum())
+            self.timer["calls"].append((len(self.rows), int(ids.shape[1]), real, longest, t1 - t0))
         return logits
 
     def prefill_shared(self) -> torch.Tensor | None:

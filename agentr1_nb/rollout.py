@@ -217,6 +217,12 @@ class StopChecker:
 
 # ----------------------------------------------------------------------------- the rollout
 
+PARTS = ("start_s", "sample_s", "stop_s", "cache_s", "env_s", "probe_s")
+"""The parts of a rollout's wall time that `rollout` times besides its forwards: resetting the envs and
+encoding prompts; sampling (softmax, draw, log-prob, to Python); appending tokens and stop / limit checks;
+cache bookkeeping (compact, split, select, merge); env steps (detokenising the action, the tool, tokenising
+the observation); dealing out the probed hidden states."""
+
 
 def rollout(
     model,
@@ -232,13 +238,16 @@ def rollout(
 ) -> list[Trajectory]:
     """Sample `group_size` episodes per example; return them in order (row i is example i // group_size).
 
-    `stats`, if given, is filled with wall_s, forward_s, forward_calls and generated_tokens.
+    `stats`, if given, is filled with wall_s, forward_s, forward_calls, generated_tokens and the parts of the
+    wall time (`PARTS`, seconds each) with the schedule of the forwards (`calls`, see `kvcache.KVBatch`);
+    `bench.rollout_account` turns them into an account of the wall time.
     `keep_hidden_at` = k: keep each token's input to decoder layer k in `Trajectory.trunk_hidden` (training
     passes `logprobs.trunk_layer(model)`, so that its update runs only the layers it trains).
     """
-    timer = {"forward_s": 0.0, "forward_calls": 0}
+    timer: dict = {"forward_s": 0.0, "forward_calls": 0, "calls": [], **dict.fromkeys(PARTS, 0.0)}
     t_start = time.perf_counter()
     rows = start_rows(examples, make_env, cfg, group_size)
+    timer["start_s"] = time.perf_counter() - t_start
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = StopChecker(tokenizer, eos_ids(tokenizer, model))
     probe = HiddenProbe(decoder_layers(model)[keep_hidden_at]) if keep_hidden_at is not None else None
@@ -252,9 +261,10 @@ def rollout(
             batch = _sample_turn(batch, stop, cfg, greedy, logits if turn == 0 else None)
             batch = step_envs(batch, tokenizer, cfg, last_turn=turn == cfg.max_turns - 1)
     if probe is not None:  # outside inference mode: normal tensors, which autograd may save
-        for r in rows:
-            r.traj.trunk_hidden = torch.cat(r.hidden) if r.hidden else None  # (n_fed, H)
-            r.hidden = []
+        with timed(timer, "probe_s"):
+            for r in rows:
+                r.traj.trunk_hidden = torch.cat(r.hidden) if r.hidden else None  # (n_fed, H)
+                r.hidden = []
 
     if stats is not None:
         stats.update(timer)
@@ -289,6 +299,7 @@ def _sample_turn(
 ) -> KVBatch:
     """Decode all rows of `batch` together until each one's action stops; return them (merged) again.
     `logits` (n, V): the next-token logits when the rows' pending tokens were already fed (`prefill_shared`)."""
+    timer = batch.timer
     for r in batch.rows:
         r.turn_start, r.turn_stop = len(r.traj.token_ids), None
     stopped: list[KVBatch] = []
@@ -297,12 +308,16 @@ def _sample_turn(
         if logits is None:
             logits = batch.forward()  # (n, V): feeds the observation (first step) or the last sampled token
             if step == 0:  # merging and the ragged observation chunk left holes in the cache
-                batch.compact()
+                with timed(timer, "cache_s"):
+                    batch.compact()
         step += 1
-        tokens, logps = sample_tokens(logits, cfg.temperature, cfg.top_p, greedy)
+        with timed(timer, "sample_s"):
+            tokens, logps = sample_tokens(logits, cfg.temperature, cfg.top_p, greedy)
+            tokens, logps = tokens.tolist(), logps.tolist()
         logits = None
+        t0 = time.perf_counter()
         running = []
-        for i, (r, tok, lp) in enumerate(zip(batch.rows, tokens.tolist(), logps.tolist())):
+        for i, (r, tok, lp) in enumerate(zip(batch.rows, tokens, logps)):
             r.append([tok], sampled=True, logprobs=[lp])
             action = r.traj.token_ids[r.turn_start :]
             r.turn_stop = stop(action)
@@ -312,20 +327,24 @@ def _sample_turn(
                 r.turn_stop = "max_total_tokens"
             if r.turn_stop is None:
                 running.append(i)
+        timer["stop_s"] += time.perf_counter() - t0
         if len(running) < len(batch):
             keep = set(running)
             done = [i for i in range(len(batch)) if i not in keep]
             if running:  # move the stopped rows' cache aside; they wait for the turn to end
-                stopped.append(batch.split(done))
-                batch = batch.select(running)
+                with timed(timer, "cache_s"):
+                    stopped.append(batch.split(done))
+                    batch = batch.select(running)
             else:
                 stopped.append(batch)
                 break
-    return KVBatch.merge(stopped)
+    with timed(timer, "cache_s"):
+        return KVBatch.merge(stopped)
 
 
 def step_envs(batch: KVBatch, tokenizer, cfg: Config, last_turn: bool) -> KVBatch:
     """Hand each row's action to its env; append observations of the rows that go on, drop the rest."""
+    t0 = time.perf_counter()
     going_on = []
     for i, r in enumerate(batch.rows):
         t = r.traj
@@ -357,7 +376,19 @@ def step_envs(batch: KVBatch, tokenizer, cfg: Config, last_turn: bool) -> KVBatc
             going_on.append(i)
         t.turns.append(_turn(action_text, observation, float(res.reward), dict(res.info or {}), r.turn_stop))
         t.process_rewards.append(float(res.reward))
-    return batch.select(going_on)
+    batch.timer["env_s"] += time.perf_counter() - t0
+    with timed(batch.timer, "cache_s"):
+        return batch.select(going_on)
+
+
+@contextlib.contextmanager
+def timed(timer: dict, key: str):
+    """Add the seconds the block takes to `timer[key]`."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timer[key] += time.perf_counter() - t0
 
 
 def _turn(action_text, observation, reward, info, stop) -> dict:

@@ -107,3 +107,45 @@ def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
     assert out["forward_ceiling_tokens_per_s"] > 0 and out["steps_timed"] == 1 and out["rollout_rows"] == 4
     assert out["first_ratio_mean"] == pytest.approx(1.0, abs=1e-3) and out["peak_rss_mb"] > 100
     assert out["update_from_layer"] == 1
+    assert out["rollout_ratio"] == pytest.approx(
+        out["rollout_tokens_per_s"] / out["forward_ceiling_tokens_per_s"], abs=2e-3
+    )
+
+
+def test_rollout_account_adds_up_to_the_wall_time(tmp_path, tokenizer, monkeypatch):
+    """`bench rollout-account` on a tiny model: the parts add up to the rollout's wall time, the ratio is
+    the schedule's share times ours, and the replayed schedule decodes as many tokens as the rollout fed."""
+    from conftest import tiny_lora_policy
+
+    from agentr1_nb import bench_rollout
+
+    monkeypatch.setattr(
+        bench_rollout,
+        "load_policy",
+        lambda cfg, adapter=None: (tiny_lora_policy(tokenizer, layers=2, top_layers=1), tokenizer),
+    )
+    cfg = Config(
+        questions_per_step=2,
+        group_size=2,
+        max_turns=2,
+        max_tokens_per_turn=8,
+        sft_warmup_steps=1,
+        compute_dtype="fp32",
+        cache_dir=str(tmp_path),
+    )
+    out = bench_rollout.bench_rollout_account(cfg, rollouts=1)
+    parts = ("ideal_s", "schedule_s", "decode_overhead_s", "prefill_s", *bench_rollout.PARTS, "other_s")
+    assert sum(out[k] for k in parts) == pytest.approx(out["wall_s"], abs=0.01 + 1e-3 * len(parts))
+    assert out["rollout_ratio"] == pytest.approx(out["schedule_ratio"] * out["ratio_to_schedule"], rel=0.02)
+    assert out["decode_calls"] > 0 and out["generated_tokens"] > 0 and out["rows"] == 4
+    assert all(out[k] >= 0 for k in bench_rollout.PARTS)
+
+
+def test_replay_decoding_counts_the_schedule_tokens(tiny_model):
+    """Each run of one-column calls is replayed at its rows and context: the tokens are the rows summed."""
+    from agentr1_nb.bench_rollout import replay_decoding
+
+    calls = [(4, 12, 40, 12, 0.1), (4, 1, 4, 13, 0.01), (4, 1, 4, 14, 0.01), (2, 1, 2, 15, 0.01)]
+    seconds, tokens = replay_decoding(tiny_model, calls)
+    assert tokens == 4 + 4 + 2 and seconds > 0
+    assert replay_decoding(tiny_model, calls[:1]) == (0.0, 0)
