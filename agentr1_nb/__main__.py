@@ -396,9 +396,7 @@ def _bench(args: argparse.Namespace, cfg: Config, user: dict) -> None:
     elif args.what == "rollout":
         _print(bench.bench_rollout(cfg), args.json)
     elif args.what == "rollout-account":
-        from .bench_rollout import bench_rollout_account
-
-        _print(bench_rollout_account(cfg), args.json)
+        _print(bench.bench_rollout_account(cfg), args.json)
     elif args.what == "step":
         _print(bench.bench_step(cfg), args.json)
     elif args.what == "update":

@@ -1,4 +1,4 @@
-"""`bench rollout-account`: where the wall time of the training rollout goes, part by part, and how far it is
+"""The parts of `bench.bench_rollout_account` (`bench rollout-account`): where the wall time of the training rollout goes, part by part, and how far it is
 from the decoding ceiling (`bench.decode_ceiling`): the gap splits into what the rollout's schedule costs (fewer
 rows decoding as rows stop, contexts growing over turns: not ours to remove without changing what is sampled)
 and our overhead per token (timed in `rollout.rollout`'s stats, `rollout.PARTS`).
@@ -10,15 +10,8 @@ import time
 
 import torch
 
-from .bench import decode_ceiling
-from .common import set_seed
-from .config import Config
-from .env import build_task
 from .kvcache import cache_kwarg, placeholder_cache
-from .logprobs import trunk_layer
-from .policy import load_policy
-from .rollout import PARTS, inference, rollout
-from .sft import sft_warmup
+from .rollout import PARTS, inference
 
 
 def replay_decoding(model, calls: list[tuple]) -> tuple[float, int]:
@@ -122,64 +115,4 @@ def rollout_account(stats: dict, replay_s: float, ceiling: float) -> dict:
         mean_decode_context=round(sum(c[0] * c[3] for c in decode) / max(decode_tokens, 1), 1),
         max_decode_context=max((c[3] for c in decode), default=0),
     )
-    return out
-
-
-def bench_rollout_account(cfg: Config, rollouts: int = 2) -> dict:
-    """Where the wall time of the training rollout goes, part by part, and how far it is from the ceiling.
-
-    As `bench_step`: loads the policy and runs the configured supervised warm-up (`sft_warmup_steps=N` to
-    shorten it), then `rollouts` training rollouts of `questions_per_step` x `group_size` episodes as
-    `train` runs them (sampling, the trunk kept with `reuse_trunk`), after one tiny rollout that pays the
-    one-time set-up; their timers are summed. The parts add up to `wall_s`:
-
-    - `ideal_s`: the generated tokens at `ceiling_tokens_per_s` (`decode_ceiling`: every row of the batch
-      decoding at the prompt's length, `bench step`'s `forward_ceiling_tokens_per_s`);
-    - `schedule_s`: what the rollout's schedule adds (fewer rows decode at once as rows stop, at contexts
-      that grow over turns): the same tokens at `schedule_ceiling_tokens_per_s` (the bare forward replayed
-      at each decoding call's rows and context, `replay_decoding`) minus `ideal_s`. Not ours to remove
-      without changing what is sampled;
-    - `decode_overhead_s`: our decoding forwards minus the bare replay (holes in the cache, the probe hook,
-      mask and position ids);
-    - `prefill_s`: the observation (and prompt) prefills beyond one decoding step each;
-    - `sample_s` (softmax, draw, log-prob), `stop_s` (appending, stop strings, limits), `cache_s` (compact,
-      split, select, merge), `env_s` (detokenising actions, the tool, tokenising observations), `start_s`
-      (env resets, prompts), `probe_s` (dealing out the trunk's hidden states), `other_s` (the rest).
-
-    Ratios: `rollout_ratio` = tokens_per_s / ceiling_tokens_per_s = `schedule_ratio` (schedule ceiling /
-    ceiling) x `ratio_to_schedule` (tokens_per_s / schedule ceiling, the part that is ours). Also the
-    schedule: decode_calls, mean_decode_rows, mean/max_decode_context (tokens per row, row-weighted),
-    prefill_calls, prefill_columns (rows x columns fed, padding included) and prefill_tokens (without).
-    """
-    set_seed(cfg.seed)
-    model, tokenizer = load_policy(cfg)
-    task = build_task(cfg, tokenizer)
-    sft_warmup(model, tokenizer, task, cfg)
-    trunk_at = trunk_layer(model) if cfg.reuse_trunk else None
-    q = cfg.questions_per_step
-    rollout(
-        model, tokenizer, task.train[:1], task.make_env, cfg.replace(max_turns=1, max_tokens_per_turn=4), 2
-    )
-    total: dict = {}
-    for i in range(rollouts):
-        stats: dict = {}
-        examples = [task.train[(i * q + j) % len(task.train)] for j in range(q)]
-        rollout(
-            model,
-            tokenizer,
-            examples,
-            task.make_env,
-            cfg,
-            cfg.group_size,
-            stats=stats,
-            keep_hidden_at=trunk_at,
-        )
-        for k, v in stats.items():
-            total[k] = total.get(k, 0) + v if not isinstance(v, list) else total.get(k, []) + v
-    replay_s, _ = replay_decoding(model, total["calls"])
-    context = len(task.make_env().reset(task.train[0]))
-    ceiling = decode_ceiling(model, q * cfg.group_size, context)
-    out = rollout_account(total, replay_s, ceiling)
-    out.update(rollouts=rollouts, rows=q * cfg.group_size, sft_warmup_steps=cfg.sft_warmup_steps)
-    out["threads"] = torch.get_num_threads()
     return out

@@ -117,10 +117,10 @@ def test_rollout_account_adds_up_to_the_wall_time(tmp_path, tokenizer, monkeypat
     the schedule's share times ours, and the replayed schedule decodes as many tokens as the rollout fed."""
     from conftest import tiny_lora_policy
 
-    from agentr1_nb import bench_rollout
+    from agentr1_nb.rollout import PARTS
 
     monkeypatch.setattr(
-        bench_rollout,
+        bench,
         "load_policy",
         lambda cfg, adapter=None: (tiny_lora_policy(tokenizer, layers=2, top_layers=1), tokenizer),
     )
@@ -133,12 +133,12 @@ def test_rollout_account_adds_up_to_the_wall_time(tmp_path, tokenizer, monkeypat
         compute_dtype="fp32",
         cache_dir=str(tmp_path),
     )
-    out = bench_rollout.bench_rollout_account(cfg, rollouts=1)
-    parts = ("ideal_s", "schedule_s", "decode_overhead_s", "prefill_s", *bench_rollout.PARTS, "other_s")
+    out = bench.bench_rollout_account(cfg, rollouts=1)
+    parts = ("ideal_s", "schedule_s", "decode_overhead_s", "prefill_s", *PARTS, "other_s")
     assert sum(out[k] for k in parts) == pytest.approx(out["wall_s"], abs=0.01 + 1e-3 * len(parts))
     assert out["rollout_ratio"] == pytest.approx(out["schedule_ratio"] * out["ratio_to_schedule"], rel=0.02)
     assert out["decode_calls"] > 0 and out["generated_tokens"] > 0 and out["rows"] == 4
-    assert all(out[k] >= 0 for k in bench_rollout.PARTS)
+    assert all(out[k] >= 0 for k in PARTS)
 
 
 def test_replay_decoding_counts_the_schedule_tokens(tiny_model):
