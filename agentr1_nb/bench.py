@@ -43,6 +43,7 @@ from .env import Task, build_task
 from .kvcache import cache_kwarg, left_pad
 from .logprobs import (
     MIN_SHARED_PREFIX,
+    micro_batches,
     position_ids_from_mask,
     shared_prefix_len,
     token_logprobs,
@@ -52,7 +53,7 @@ from .logprobs import (
 from .policy import cpu_default_model_dir, cpu_has_bf16, gpu_has_bf16, load_policy, tiny_model_config
 from .rollout import eos_ids, inference, rollout
 from .sft import sft_warmup
-from .train import add_old_and_reference, build_batch, make_accelerator, micro_batches, setup, train, update
+from .train import add_old_and_reference, build_batch, make_accelerator, setup, train, update
 from .trl_backend import require_trl
 
 # ----------------------------------------------------------------------------- token log-probs

@@ -15,7 +15,9 @@
   when there is one) for every later pass over the group's rows, across micro-batches (`Config.share_prompt`):
   its keys and values are expanded to each micro-batch's rows and, with gradients, the rows' gradients are
   summed into one backward of the prompt pass. The same log-probs and gradients as every row run alone; only
-  the rounding order differs (fp32: ~1e-6, see tests/test_shared_prompt.py).
+  the rounding order differs (fp32: ~1e-6, see tests/test_shared_prompt.py). `micro_batches` splits a
+  minibatch so that no micro-batch mixes groups, and `GroupPrompts` makes and finishes each group's pass as
+  the update's micro-batches come.
 
 Every function takes a causal LM with or without a PEFT wrapper (`decoder_and_head` looks through it); the
 model loading is in `policy.py`.
@@ -387,3 +389,46 @@ def _scatter(keep: torch.Tensor, parts: list[torch.Tensor], like: torch.Tensor) 
     if parts:
         out = out.masked_scatter(keep, torch.cat(parts))
     return out
+
+
+def trim_padding(ids: torch.Tensor, am: torch.Tensor):
+    """Drop the columns that are padding in every row (the batch is right-padded)."""
+    L = int(am.sum(dim=1).max())
+    return ids[:, :L], am[:, :L]
+
+
+def micro_batches(group: torch.Tensor, rows: torch.Tensor, size: int, by_group: bool) -> list[torch.Tensor]:
+    """`rows` (ordered by `group` (B,) when `by_group`) in micro-batches of at most `size`; `by_group`: a
+    micro-batch never holds two groups (a group of 4 with size 3 gives 3 + 1)."""
+    if not by_group:
+        return list(rows.split(size))
+    counts = torch.unique_consecutive(group[rows], return_counts=True)[1]
+    return [m for run in rows.split(counts.tolist()) for m in run.split(size)]
+
+
+class GroupPrompts:
+    """Each group's prompt pass (`logprobs.group_prompt` over the group's rows among `rows`), made when the
+    group's first micro-batch asks for it and finished (its backward run on the gradients its rows left)
+    when the next group's comes or at `finish`: micro-batches come group by group (`micro_batches`)."""
+
+    def __init__(self, model, batch: dict, rows: torch.Tensor, trunk_at: int | None):
+        self.model, self.batch, self.rows, self.trunk_at = model, batch, rows, trunk_at
+        self.group: int | None = None
+        self.prompt: SharedPrompt | None = None
+
+    def get(self, micro_rows: torch.Tensor) -> SharedPrompt | None:
+        group = self.batch["group"]
+        g = int(group[micro_rows[0]])
+        if g != self.group:
+            self.finish()
+            rows = self.rows[group[self.rows] == g]
+            ids, am = trim_padding(self.batch["input_ids"][rows], self.batch["attention_mask"][rows])
+            trunk = self.batch.get("trunk_hidden")
+            trunk = None if trunk is None else trunk[rows[:1], : ids.shape[1]]  # (1, t, H): the first row's
+            self.group, self.prompt = g, group_prompt(self.model, ids, am, trunk, self.trunk_at)
+        return self.prompt
+
+    def finish(self, backward: bool = True) -> None:
+        if self.prompt is not None and backward:
+            self.prompt.backward()
+        self.prompt = None

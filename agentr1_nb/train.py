@@ -77,7 +77,15 @@ from .checkpoint import (
 from .common import check_writable_dir, mean, peak_memory_mb, set_seed
 from .config import Config
 from .env import Task, build_task
-from .logprobs import SharedPrompt, final_hidden, group_prompt, token_logprobs, trunk_layer
+from .logprobs import (
+    GroupPrompts,
+    SharedPrompt,
+    final_hidden,
+    micro_batches,
+    token_logprobs,
+    trim_padding,
+    trunk_layer,
+)
 from .policy import compute_dtype, load_policy, reference
 from .rewards import score_trajectory, token_rewards
 from .rollout import episode_stats, rollout
@@ -587,12 +595,6 @@ def _micro_loss(
     return loss, metrics
 
 
-def _trim(ids: torch.Tensor, am: torch.Tensor):
-    """Drop the columns that are padding in every row (the batch is right-padded)."""
-    L = int(am.sum(dim=1).max())
-    return ids[:, :L], am[:, :L]
-
-
 def _per_micro_batch(batch: dict, cfg: Config, fn, model=None, trunk_at: int | None = None) -> torch.Tensor:
     """fn(ids, am, positions, trunk) -> (b, t-1) over micro-batches of the trimmed rows, padded back to
     (B, T-1); `positions` are the loss's tokens (`batch["loss_weight"] > 0`) in the trimmed layout, `trunk`
@@ -604,7 +606,7 @@ def _per_micro_batch(batch: dict, cfg: Config, fn, model=None, trunk_at: int | N
         prompts = GroupPrompts(model, batch, rows, trunk_at)
         out = torch.zeros(B, T - 1, device=batch["input_ids"].device)
         for micro_rows in micro_batches(batch["group"], rows, cfg.micro_batch_size, True):
-            ids, am = _trim(batch["input_ids"][micro_rows], batch["attention_mask"][micro_rows])
+            ids, am = trim_padding(batch["input_ids"][micro_rows], batch["attention_mask"][micro_rows])
             trunk = batch.get("trunk_hidden")
             trunk = None if trunk is None else trunk[micro_rows, : ids.shape[1]]
             pos = batch["loss_weight"][micro_rows, : ids.shape[1] - 1] > 0
@@ -614,7 +616,7 @@ def _per_micro_batch(batch: dict, cfg: Config, fn, model=None, trunk_at: int | N
     parts = []
     for i in range(0, B, cfg.micro_batch_size):
         rows = slice(i, i + cfg.micro_batch_size)
-        ids, am = _trim(batch["input_ids"][rows], batch["attention_mask"][rows])
+        ids, am = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
         trunk = batch.get("trunk_hidden")
         trunk = None if trunk is None else trunk[rows, : ids.shape[1]]
         x = fn(ids, am, batch["loss_weight"][rows, : ids.shape[1] - 1] > 0, trunk)
@@ -636,43 +638,6 @@ def _select(batch: dict, rows: torch.Tensor) -> dict:
         else:
             out[k] = v[rows, :L] if k in TOKEN_KEYS else v[rows, : L - 1]
     return out
-
-
-def micro_batches(group: torch.Tensor, rows: torch.Tensor, size: int, by_group: bool) -> list[torch.Tensor]:
-    """`rows` (ordered by `group` (B,) when `by_group`) in micro-batches of at most `size`; `by_group`: a
-    micro-batch never holds two groups (a group of 4 with size 3 gives 3 + 1)."""
-    if not by_group:
-        return list(rows.split(size))
-    counts = torch.unique_consecutive(group[rows], return_counts=True)[1]
-    return [m for run in rows.split(counts.tolist()) for m in run.split(size)]
-
-
-class GroupPrompts:
-    """Each group's prompt pass (`logprobs.group_prompt` over the group's rows among `rows`), made when the
-    group's first micro-batch asks for it and finished (its backward run on the gradients its rows left)
-    when the next group's comes or at `finish`: micro-batches come group by group (`micro_batches`)."""
-
-    def __init__(self, model, batch: dict, rows: torch.Tensor, trunk_at: int | None):
-        self.model, self.batch, self.rows, self.trunk_at = model, batch, rows, trunk_at
-        self.group: int | None = None
-        self.prompt: SharedPrompt | None = None
-
-    def get(self, micro_rows: torch.Tensor) -> SharedPrompt | None:
-        group = self.batch["group"]
-        g = int(group[micro_rows[0]])
-        if g != self.group:
-            self.finish()
-            rows = self.rows[group[self.rows] == g]
-            ids, am = _trim(self.batch["input_ids"][rows], self.batch["attention_mask"][rows])
-            trunk = self.batch.get("trunk_hidden")
-            trunk = None if trunk is None else trunk[rows[:1], : ids.shape[1]]  # (1, t, H): the first row's
-            self.group, self.prompt = g, group_prompt(self.model, ids, am, trunk, self.trunk_at)
-        return self.prompt
-
-    def finish(self, backward: bool = True) -> None:
-        if self.prompt is not None and backward:
-            self.prompt.backward()
-        self.prompt = None
 
 
 def _sum_all(acc: Accelerator, x: torch.Tensor) -> float:

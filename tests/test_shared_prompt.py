@@ -11,7 +11,8 @@ from agentr1_nb import logprobs
 from agentr1_nb import train as train_mod
 from agentr1_nb.config import get_config
 from agentr1_nb.env import build_task
-from agentr1_nb.train import micro_batches, train
+from agentr1_nb.logprobs import micro_batches
+from agentr1_nb.train import train
 
 VOCAB = 300
 
