@@ -110,3 +110,25 @@ def test_shipped_comparison_is_a_whole_real_run_of_todays_preset():
     differs = {k for k, v in shipped["config"].items() if preset.get(k) != v}
     assert differs <= _RUN_FIELDS | {"steps"}, differs
     assert shipped["config"]["steps"] == shipped["steps"]
+
+
+def test_shipped_agents_on_real_are_the_shipped_adapter_beside_the_baselines():
+    """`results/agents_on_real.json` (notebook 06's "trained agent on real questions"): written by
+    `compare --adapter ... --export-real` from the adapter shipped today (same weights' hash), on the real
+    samples with every baseline on the same questions, each row's EM the mean of its per-question EM."""
+    from agentr1_nb.compare import shipped_real
+    from agentr1_nb.compare_store import adapter_hash
+
+    real = shipped_real()
+    assert real is not None
+    hashes = {f["sha256"] for folders in real["adapters"].values() for f in folders}
+    assert adapter_hash(runs.SHIPPED_ADAPTER) in hashes
+    per_question = {(e["method"], e["dataset"]): e["em"] for e in real["per_question"]}
+    for ds in ("hotpotqa", "2wiki"):
+        assert any((label, ds) in per_question for label in real["adapters"]), ds
+        assert all((m, ds) in per_question for m in BASELINE_METHODS), ds
+    for r in real["rows"]:
+        seeds = per_question[(r["method"], r["dataset"])]
+        assert len(seeds) == r["seeds"] and all(len(s) == r["n"] for s in seeds)
+        assert r["em"] == pytest.approx(sum(map(sum, seeds)) / (r["n"] * r["seeds"]))
+        assert r["ci"][0] <= r["em"] <= r["ci"][1]
