@@ -79,9 +79,9 @@ def test_bench_parser_reports_the_worst_case_per_size():
     assert out["worst_s"][2000] == max(out["per_case_s"][2000].values())
 
 
-def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
-    """`bench step` on a tiny model with LoRA on its top layer: the breakdown adds up, the ceiling is
-    measured, the update starts at the adapted layer, fp32 is on-policy."""
+def tiny_step_config(tmp_path, tokenizer, monkeypatch) -> Config:
+    """A `cpu_demo`-shaped step at a tiny size, `bench.load_policy` giving a 2-layer model with LoRA on its
+    top layer."""
     from conftest import tiny_lora_policy
 
     monkeypatch.setattr(
@@ -89,7 +89,7 @@ def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
         "load_policy",
         lambda cfg, adapter=None: (tiny_lora_policy(tokenizer, layers=2, top_layers=1), tokenizer),
     )
-    cfg = Config(
+    return Config(
         questions_per_step=2,
         group_size=2,
         max_turns=2,
@@ -100,7 +100,12 @@ def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
         compute_dtype="fp32",
         cache_dir=str(tmp_path),
     )
-    out = bench.bench_step(cfg, steps=2)
+
+
+def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
+    """`bench step` on a tiny model with LoRA on its top layer: the breakdown adds up, the ceiling is
+    measured, the update starts at the adapted layer, fp32 is on-policy."""
+    out = bench.bench_step(tiny_step_config(tmp_path, tokenizer, monkeypatch), steps=2)
     for key in ("rollout_s", "logprob_s", "update_s", "step_s", "rollout_tokens_per_s"):
         assert out[key] >= 0, key
     assert out["rollout_s"] + out["update_s"] <= out["step_s"] + 1e-3
@@ -115,25 +120,9 @@ def test_bench_step_breaks_a_step_down(tmp_path, tokenizer, monkeypatch):
 def test_rollout_account_adds_up_to_the_wall_time(tmp_path, tokenizer, monkeypatch):
     """`bench rollout-account` on a tiny model: the parts add up to the rollout's wall time, the ratio is
     the schedule's share times ours, and the replayed schedule decodes as many tokens as the rollout fed."""
-    from conftest import tiny_lora_policy
-
     from agentr1_nb.rollout import PARTS
 
-    monkeypatch.setattr(
-        bench,
-        "load_policy",
-        lambda cfg, adapter=None: (tiny_lora_policy(tokenizer, layers=2, top_layers=1), tokenizer),
-    )
-    cfg = Config(
-        questions_per_step=2,
-        group_size=2,
-        max_turns=2,
-        max_tokens_per_turn=8,
-        sft_warmup_steps=1,
-        compute_dtype="fp32",
-        cache_dir=str(tmp_path),
-    )
-    out = bench.bench_rollout_account(cfg, rollouts=1)
+    out = bench.bench_rollout_account(tiny_step_config(tmp_path, tokenizer, monkeypatch), rollouts=1)
     parts = ("ideal_s", "schedule_s", "decode_overhead_s", "prefill_s", *PARTS, "other_s")
     assert sum(out[k] for k in parts) == pytest.approx(out["wall_s"], abs=0.01 + 1e-3 * len(parts))
     assert out["rollout_ratio"] == pytest.approx(out["schedule_ratio"] * out["ratio_to_schedule"], rel=0.02)
