@@ -262,7 +262,7 @@ class Config:
     passes: each adapted layer's keys and values of the prompt are expanded to the rows, whose gradients are
     summed into the one prompt pass (`logprobs.SharedPrompt`). The same maths; the rounding order differs
     (fp32: ~1e-6). Off by default because the shipped runs were drawn without it (False shares a prompt only
-    among the rows of one micro-batch that all begin with it); the lead re-ships them when it is turned on.
+    among the rows of one micro-batch that all begin with it); turning it on means re-drawing them.
     Needs gradient_checkpointing=false: transformers drops the KV cache under activation checkpointing."""
 
     # ---------------------------------------------------------------- helpers
