@@ -35,13 +35,15 @@ class Engine(Protocol):
 
 
 class _Rows:
-    """The two members of `kvcache.KVBatch` that `rollout.step_envs` uses, without a cache."""
+    """The members of `kvcache.KVBatch` that `rollout.step_envs` uses (rows, select, the timer its env steps
+    add to), without a cache."""
 
-    def __init__(self, rows: list[Row]):
+    def __init__(self, rows: list[Row], timer: dict | None = None):
         self.rows = rows
+        self.timer = timer if timer is not None else {"env_s": 0.0, "cache_s": 0.0}
 
     def select(self, idx: list[int]) -> _Rows:
-        return _Rows([self.rows[i] for i in idx])
+        return _Rows([self.rows[i] for i in idx], self.timer)
 
 
 def engine_rollout(
