@@ -6,8 +6,8 @@
   `model.generate` and `naive_rollout`, the re-encode-every-turn loop of Search-R1-like code.
 - `bench_step`: where the time of one training step goes (rollout, old/ref log-probs, update), against the
   model's own decoding forward at the same batch (the framework-overhead ceiling), and the peak RSS.
-- `bench_rollout_account` (its parts: `bench_rollout.py`): the rollout's wall time part by part, and its gap to the
-  decoding ceiling split into the schedule's share and ours.
+- `bench_rollout_account` (its parts: `bench_rollout.py`): the rollout's wall time part by part, and its gap
+  to the decoding ceiling split into the schedule's share and ours.
 - `bench_trainers`: our trainer against TRL's GRPOTrainer, with and without our rollout (its parts:
   `bench_trainers.py`).
 - `info`: versions, device, bf16 and bitsandbytes support, the CPU default model folder.

@@ -1,7 +1,8 @@
-"""The parts of `bench.bench_rollout_account` (`bench rollout-account`): where the wall time of the training rollout goes, part by part, and how far it is
-from the decoding ceiling (`bench.decode_ceiling`): the gap splits into what the rollout's schedule costs (fewer
-rows decoding as rows stop, contexts growing over turns: not ours to remove without changing what is sampled)
-and our overhead per token (timed in `rollout.rollout`'s stats, `rollout.PARTS`).
+"""The parts of `bench.bench_rollout_account` (`bench rollout-account`): where the wall time of the training
+rollout goes, part by part, and how far it is from the decoding ceiling (`bench.decode_ceiling`). The gap
+splits into what the rollout's schedule costs (fewer rows decoding as rows stop, contexts growing over turns:
+not ours to remove without changing what is sampled) and our overhead per token (timed in `rollout.rollout`'s
+stats, `rollout.PARTS`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def replay_decoding(model, calls: list[tuple]) -> tuple[float, int]:
     """Seconds of the bare decoding forward at the schedule of a rollout's decoding calls, and their tokens.
 
     `calls` is a rollout's `stats["calls"]` (rows, columns fed, tokens fed, longest row's tokens after
-    the call, seconds); the calls that fed one column are its decoding steps. Each is replayed as the model's forward
-    alone at the same rows and the longest row's real context, the cache already in place (a
+    the call, seconds); the calls that fed one column are its decoding steps. Each is replayed as the model's
+    forward alone at the same rows and the longest row's real context, the cache already in place (a
     `placeholder_cache`: no prefill, no holes, no sampling, no bookkeeping between calls): what decoding the
     same tokens would cost at this schedule with no framework work at all. On the CPU the replay keeps the
     rollout's leading hole column (see `kvcache.KVBatch`: without it torch takes a slower attention path).
@@ -77,7 +78,7 @@ def rollout_account(stats: dict, replay_s: float, ceiling: float) -> dict:
     """Split a rollout's wall time (`rollout(..., stats=...)`) into parts that add up to it, and its gap to
     the decoding ceiling into the schedule's share and ours. `replay_s`: `replay_decoding`'s seconds for
     the rollout's decoding calls; `ceiling`: `decode_ceiling` tokens/s (all rows decoding at the prompt's
-    length). The keys are described in `bench_rollout_account`."""
+    length). The keys are described in `bench.bench_rollout_account`."""
     calls = stats["calls"]
     decode = [c for c in calls if c[1] == 1]
     prefill = [c for c in calls if c[1] != 1]

@@ -104,7 +104,7 @@ def placeholder_cache(
 ) -> DynamicCache:
     """A cache of `rows` rows and `length` columns whose layers write on into `pools` (one (keys, values)
     pair of (N >= rows, heads, capacity, d) tensors per layer): the shape of a real cache without computing
-    one, for timing a decoding forward (`bench.replay_decoding`); the values are whatever `pools` hold."""
+    one, for timing a decoding forward (`bench_rollout.replay_decoding`); the values are whatever `pools` hold."""
     cache = new_cache(model)
     for layer, (k, v) in zip(cache.layers, pools):
         layer.adopt(k[:rows], v[:rows], length)
@@ -153,7 +153,8 @@ class KVBatch:
     `timer` (a dict with `forward_s` and `forward_calls`) and `probe` (a `HiddenProbe` or None) are shared by
     every batch made from this one. Each forward adds its seconds to `forward_s` (the model call alone) and
     the probe's dealing to `probe_s`; when `timer` has a list `calls`, it also appends (rows, columns fed,
-    tokens fed (padding not counted), longest row's tokens after the call, seconds): the schedule that `bench.rollout_account` replays.
+    tokens fed (padding not counted), longest row's tokens after the call, seconds): the schedule that
+    `bench_rollout.replay_decoding` replays.
     """
 
     def __init__(
@@ -208,7 +209,7 @@ class KVBatch:
         for r in self.rows:
             r.n_fed = len(r.traj.token_ids)
             longest = max(longest, r.n_fed)
-        if "calls" in self.timer:  # the schedule, for `bench.rollout_account`
+        if "calls" in self.timer:  # the schedule, for `bench_rollout`
             real = sum(map(len, pending)) if self.use_cache else int(mask.sum())
             self.timer["calls"].append((len(self.rows), int(ids.shape[1]), real, longest, t1 - t0))
         return logits

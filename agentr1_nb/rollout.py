@@ -240,7 +240,7 @@ def rollout(
 
     `stats`, if given, is filled with wall_s, forward_s, forward_calls, generated_tokens and the parts of the
     wall time (`PARTS`, seconds each) with the schedule of the forwards (`calls`, see `kvcache.KVBatch`);
-    `bench.rollout_account` turns them into an account of the wall time.
+    `bench_rollout.rollout_account` turns them into an account of the wall time.
     `keep_hidden_at` = k: keep each token's input to decoder layer k in `Trajectory.trunk_hidden` (training
     passes `logprobs.trunk_layer(model)`, so that its update runs only the layers it trains).
     """
