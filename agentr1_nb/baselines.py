@@ -175,7 +175,13 @@ def naive_rag_episode(example, text: str, titles: list[str], stop_reason: str) -
 
 
 def tool_call(
-    model, tokenizer, examples: list, tools: list, cfg: Config, prompt_style: str = "zero_shot"
+    model,
+    tokenizer,
+    examples: list,
+    tools: list,
+    cfg: Config,
+    prompt_style: str = "zero_shot",
+    desc: str = "Base Tool Call",
 ) -> list[dict]:
     """Base Tool Call: the untrained policy, multi-turn, in the agent's `ToolEnv`, zero-shot prompt.
 
@@ -183,9 +189,11 @@ def tool_call(
     adapter still gives the base model's numbers. Returns per-question records (`evaluate.trajectory_record`).
     `prompt_style` is the paper's "zero_shot" unless asked otherwise, whatever `cfg.prompt_style` says;
     "few_shot" adds the env's worked example episode (a 1-shot Base Tool Call: a small model that cannot
-    follow the format from instructions alone sees it once).
+    follow the format from instructions alone sees it once). `desc` labels the progress bar.
     """
     cfg0 = cfg.replace(prompt_style=check_prompt_style(prompt_style))
     with reference(model):
-        _, records = evaluate_agent(model, tokenizer, examples, lambda: ToolEnv(tools, tokenizer, cfg0), cfg0)
+        _, records = evaluate_agent(
+            model, tokenizer, examples, lambda: ToolEnv(tools, tokenizer, cfg0), cfg0, desc=desc
+        )
     return records

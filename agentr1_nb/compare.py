@@ -262,7 +262,8 @@ def run_baselines(model, tokenizer, questions: list, tools: list, cfg: Config, p
             progress,
         )
         out["Naive RAG" + shot] = [r["em"] for r in rag]
-        calls = tool_call(model, tokenizer, questions, tools, cfg, prompt_style=style)  # its own progress bar
+        label = f"{cfg.dataset}: Base Tool Call{shot}"
+        calls = tool_call(model, tokenizer, questions, tools, cfg, prompt_style=style, desc=label)
         out["Base Tool Call" + shot] = [r["em"] for r in calls]
     return out
 

@@ -205,11 +205,10 @@ class KVBatch:
             fed = [len(p) for p in pending] if self.use_cache else [len(r.traj.token_ids) for r in self.rows]
             self.probe.deal(self.rows, fed)
             self.timer["probe_s"] = self.timer.get("probe_s", 0.0) + time.perf_counter() - t1
-        longest = 0
         for r in self.rows:
             r.n_fed = len(r.traj.token_ids)
-            longest = max(longest, r.n_fed)
         if "calls" in self.timer:  # the schedule, for `bench_rollout`
+            longest = max(r.n_fed for r in self.rows)
             real = sum(map(len, pending)) if self.use_cache else int(mask.sum())
             self.timer["calls"].append((len(self.rows), int(ids.shape[1]), real, longest, t1 - t0))
         return logits

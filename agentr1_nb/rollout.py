@@ -156,21 +156,22 @@ def sample_tokens(
 
     The log-prob is under softmax(logits / T) without the top-p cut (see the module docstring).
     temperature <= 0 means greedy. Non-finite logits (a model overflowing in fp16, as Qwen2.5 is known to)
-    are a clear error here rather than a cryptic one from `torch.multinomial` or silent garbage from argmax.
+    are a clear error here rather than a cryptic one from the draw or silent garbage from argmax.
     """
-    if not bool(torch.isfinite(logits).all()):
+    dtype = logits.dtype
+    logits = logits.float()
+    if not bool(torch.isfinite(logits.sum(-1)).all()):  # an inf or nan anywhere in a row makes its sum one
         bad = int((~torch.isfinite(logits)).any(-1).sum())
         raise RuntimeError(
-            f"the policy produced non-finite logits ({logits.dtype}) for {bad} of {logits.shape[0]} rows: the "
+            f"the policy produced non-finite logits ({dtype}) for {bad} of {logits.shape[0]} rows: the "
             "model overflows in this dtype. Use compute_dtype=bf16 on a GPU that has it (compute capability "
             ">= 8) or fp32, or compute the overflowing layers in fp32 (fp32_modules=..., on in colab_t4)"
         )
-    logits = logits.float()
     if greedy or temperature <= 0:
         logp = torch.log_softmax(logits, dim=-1)  # (n, V)
         tokens = logp.argmax(-1)
     else:
-        logp = torch.log_softmax(logits / temperature, dim=-1)
+        logp = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
         probs = logp.exp()
         if top_p < 1.0:
             sorted_p, order = probs.sort(-1, descending=True)
@@ -244,7 +245,9 @@ def rollout(
     `keep_hidden_at` = k: keep each token's input to decoder layer k in `Trajectory.trunk_hidden` (training
     passes `logprobs.trunk_layer(model)`, so that its update runs only the layers it trains).
     """
-    timer: dict = {"forward_s": 0.0, "forward_calls": 0, "calls": [], **dict.fromkeys(PARTS, 0.0)}
+    timer: dict = {"forward_s": 0.0, "forward_calls": 0, **dict.fromkeys(PARTS, 0.0)}
+    if stats is not None:
+        timer["calls"] = []  # the forwards' schedule: recorded only when asked for
     t_start = time.perf_counter()
     rows = start_rows(examples, make_env, cfg, group_size)
     timer["start_s"] = time.perf_counter() - t_start

@@ -601,27 +601,21 @@ def _per_micro_batch(batch: dict, cfg: Config, fn, model=None, trunk_at: int | N
     the rows' `trunk_hidden` (b, t, H) or None. With `share_prompt`, micro-batches of one group each and
     fn(..., prompt=) the group's prompt pass of `model`, run once per group."""
     B, T = batch["input_ids"].shape
+    rows = torch.arange(B, device=batch["input_ids"].device)
     if cfg.share_prompt:
         rows = torch.argsort(batch["group"], stable=True)
         prompts = GroupPrompts(model, batch, rows, trunk_at)
-        out = torch.zeros(B, T - 1, device=batch["input_ids"].device)
-        for micro_rows in micro_batches(batch["group"], rows, cfg.micro_batch_size, True):
-            ids, am = trim_padding(batch["input_ids"][micro_rows], batch["attention_mask"][micro_rows])
-            trunk = batch.get("trunk_hidden")
-            trunk = None if trunk is None else trunk[micro_rows, : ids.shape[1]]
-            pos = batch["loss_weight"][micro_rows, : ids.shape[1] - 1] > 0
-            x = fn(ids, am, pos, trunk, prompt=prompts.get(micro_rows))
-            out[micro_rows, : x.shape[1]] = x
-        return out  # (B, T-1)
-    parts = []
-    for i in range(0, B, cfg.micro_batch_size):
-        rows = slice(i, i + cfg.micro_batch_size)
-        ids, am = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
+    out = None
+    for micro_rows in micro_batches(batch.get("group"), rows, cfg.micro_batch_size, cfg.share_prompt):
+        ids, am = trim_padding(batch["input_ids"][micro_rows], batch["attention_mask"][micro_rows])
         trunk = batch.get("trunk_hidden")
-        trunk = None if trunk is None else trunk[rows, : ids.shape[1]]
-        x = fn(ids, am, batch["loss_weight"][rows, : ids.shape[1] - 1] > 0, trunk)
-        parts.append(torch.nn.functional.pad(x, (0, T - 1 - x.shape[1])))
-    return torch.cat(parts)  # (B, T-1)
+        trunk = None if trunk is None else trunk[micro_rows, : ids.shape[1]]
+        pos = batch["loss_weight"][micro_rows, : ids.shape[1] - 1] > 0
+        extra = {"prompt": prompts.get(micro_rows)} if cfg.share_prompt else {}
+        x = fn(ids, am, pos, trunk, **extra)
+        out = x.new_zeros(B, T - 1) if out is None else out
+        out[micro_rows, : x.shape[1]] = x
+    return out if out is not None else torch.zeros(B, T - 1)  # (B, T-1)
 
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "trunk_hidden")

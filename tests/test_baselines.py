@@ -163,7 +163,8 @@ def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokeniz
     tools = make_tools(cfg, BM25Retriever(PASSAGES))
     captured = {}
 
-    def fake_eval(model, tok, examples, make_env, cfg, out_file=None):
+    def fake_eval(model, tok, examples, make_env, cfg, out_file=None, desc="eval"):
+        captured["desc"] = desc
         lora = [m for m in model.modules() if isinstance(m, LoraLayer)]
         captured["adapters_disabled"] = bool(lora) and all(m.disable_adapters for m in lora)
         captured["env_style"] = make_env().cfg.prompt_style
@@ -173,7 +174,8 @@ def test_tool_call_is_the_base_model_with_a_zero_shot_prompt(tiny_model, tokeniz
     monkeypatch.setattr(baselines, "evaluate_agent", fake_eval)
     recs = baselines.tool_call(tiny_model, tokenizer, EXAMPLES, tools, cfg)
     assert [r["id"] for r in recs] == ["q1", "q2", "q3"]
-    assert captured == {"adapters_disabled": True, "env_style": "zero_shot", "cfg_style": "zero_shot"}
+    want = {"adapters_disabled": True, "env_style": "zero_shot", "cfg_style": "zero_shot"}
+    assert captured == {**want, "desc": "Base Tool Call"}  # the progress bar names the method
     lora = [m for m in tiny_model.modules() if isinstance(m, LoraLayer)]
     assert not any(m.disable_adapters for m in lora)  # the adapter is back on afterwards
 
@@ -185,7 +187,7 @@ def test_tool_call_one_shot_puts_the_worked_example_in_the_env(tiny_model, token
     tools = make_tools(cfg, BM25Retriever(PASSAGES))
     styles = []
 
-    def fake_eval(model, tok, examples, make_env, cfg, out_file=None):
+    def fake_eval(model, tok, examples, make_env, cfg, out_file=None, desc="eval"):
         styles.append(make_env().cfg.prompt_style)
         return {}, []
 
