@@ -154,6 +154,10 @@ class Config:
     """"zero_shot" (instructions only) or "few_shot" (instructions plus a worked example episode)."""
     group_size: int = 4
     """G: samples per question (the paper uses 5)."""
+    last_turn_note: bool = False
+    """Tell the model when its next turn is its last (`prompts.LAST_TURN_NOTE`, a user message after that
+    turn's observation), so that an episode that has searched to the turn budget answers instead of running
+    out of turns; the warm-up's demonstrations see it too."""
     temperature: float = 1.0
     """Sampling temperature during training rollouts (evaluation is greedy)."""
     top_p: float = 1.0

@@ -40,6 +40,8 @@ Episode rules (documented choices):
 - The env counts turns: when turn `cfg.max_turns` ends without an answer it returns done=True with
   info["kind"] = "max_turns" (info["action_kind"] keeps what the action was). Calls in that last turn are
   validated (they count for `tool_ok`) but not executed, since the model could never read the result.
+  With `cfg.last_turn_note`, the observation before that last turn ends with a user message saying so
+  (`prompts.LAST_TURN_NOTE`).
 - Process reward (`cfg.use_process_reward`): `cfg.process_reward_weight` for each supporting passage (title in
   `example.supporting_titles`) that a search shows for the first time in the episode. Only titles whose
   header survived the character cut count.
@@ -71,6 +73,7 @@ from .prompts import (
     AGENT_FEW_SHOT_EPISODE,
     AGENT_FEW_SHOT_QUESTION,
     AGENT_INSTRUCTIONS,
+    LAST_TURN_NOTE,
     QWEN_TOOLS_HEAD,
     QWEN_TOOLS_TAIL,
     check_prompt_style,
@@ -363,6 +366,11 @@ class ToolEnv:
         if self.done:
             observation, obs_ids = "", []
         else:
+            if (
+                self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns
+            ):  # the next turn is the last
+                contents.append(LAST_TURN_NOTE)
+                new_msgs.append({"role": "user", "content": LAST_TURN_NOTE})
             observation = "\n\n".join(contents)
             obs_ids, info["obs_text"] = self._observation_ids(new_msgs, ended_with)
             self.messages.extend(new_msgs)

@@ -37,6 +37,9 @@ AGENT_FEW_SHOT_EPISODE = [
 ]
 """The worked episode as (kind, text): "call" = a search query, "result" = the tool's reply, "answer"."""
 
+LAST_TURN_NOTE = "Your next turn is your last: reply with only <answer>short answer</answer>."
+"""What the env tells the model before its last turn when `Config.last_turn_note` is on."""
+
 QWEN_TOOLS_HEAD = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"

@@ -323,6 +323,46 @@ def test_max_turns(tokenizer):
     assert env.answer is None and len(env.turns) == 2
 
 
+@pytest.mark.parametrize("note", [False, True])
+def test_last_turn_note_comes_before_the_last_turn_only(tokenizer, note):
+    """`last_turn_note`: the observation before the last turn ends with a user turn saying so (here after
+    an error), no earlier one does, and the stream still renders as the chat template renders the history;
+    off, nothing is added."""
+    from agentr1_nb.prompts import LAST_TURN_NOTE
+
+    env = make_env(tokenizer, max_turns=3, last_turn_note=note)
+    ids = list(env.prompt_ids)
+    for action in (call(query="gamma"), "no action at all"):
+        a = enc(tokenizer, action)
+        res = env.step(a)
+        ids += a + res.obs_ids
+        assert not res.done
+    first, second = env.turns[0]["observation"], env.turns[1]["observation"]
+    assert LAST_TURN_NOTE not in first and "no tool call or answer found" in second
+    assert second.endswith(LAST_TURN_NOTE) == note
+    tail = tokenizer.decode(res.obs_ids)
+    if note:
+        assert tail.endswith(f"<|im_start|>user\n{LAST_TURN_NOTE}<|im_end|>\n<|im_start|>assistant\n")
+    else:
+        assert LAST_TURN_NOTE not in tail
+    assert tokenizer.decode(ids) == render_chat(tokenizer, env.messages, add_generation_prompt=True)
+    res = env.step(enc(tokenizer, "<answer>Beta</answer>"))
+    assert res.done and env.answer == "Beta"
+
+
+def test_gold_episode_that_fills_the_turns_answers_after_the_note(tokenizer):
+    """The warm-up's demonstrations pass through the env, so a chain that fills the turn budget shows the
+    note right before its answer."""
+    from agentr1_nb.prompts import LAST_TURN_NOTE
+    from agentr1_nb.sft import gold_episode
+
+    env = make_env(tokenizer, max_turns=3, last_turn_note=True)
+    ids, _ = gold_episode(EXAMPLE, env, tokenizer)
+    text = tokenizer.decode(ids)
+    assert text.count(LAST_TURN_NOTE) == 1
+    assert text.rindex("<tool_call>") < text.index(LAST_TURN_NOTE) < text.index("<answer>Beta</answer>")
+
+
 def test_process_reward_counts_new_supporting_passages(tokenizer):
     env = make_env(tokenizer, process_reward_weight=0.5, max_turns=5)
     r1 = env.step(enc(tokenizer, call(query="alpha gamma")))
