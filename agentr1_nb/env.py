@@ -366,9 +366,8 @@ class ToolEnv:
         if self.done:
             observation, obs_ids = "", []
         else:
-            if (
-                self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns
-            ):  # the next turn is the last
+            # the next turn is the last: say so
+            if self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns:
                 contents.append(LAST_TURN_NOTE)
                 new_msgs.append({"role": "user", "content": LAST_TURN_NOTE})
             observation = "\n\n".join(contents)
