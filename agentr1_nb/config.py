@@ -172,6 +172,9 @@ class Config:
     """Weight of each process reward."""
     format_penalty: float = 0.0
     """Extra reward added per malformed action (invalid call, unknown tool...); <= 0."""
+    repeat_search_penalty: float = 0.0
+    """Reward added for each search that shows no passage the episode has not seen already (a repeated or
+    near-repeated query: it brings the model nothing new); <= 0, 0 turns it off."""
 
     # ---------------------------------------------------------------- algorithm
     algo: Algo = "grpo"
@@ -392,6 +395,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "top_p": (0, 1, "(]"),
     "process_reward_weight": (0, _INF, "[)"),
     "format_penalty": (-_INF, 0, "(]"),
+    "repeat_search_penalty": (-_INF, 0, "(]"),
     "clip_eps": (0, 1, "()"),
     "kl_coef": (0, _INF, "[)"),
     "entropy_coef": (0, _INF, "[)"),

@@ -45,6 +45,8 @@ Episode rules (documented choices):
 - Process reward (`cfg.use_process_reward`): `cfg.process_reward_weight` for each supporting passage (title in
   `example.supporting_titles`) that a search shows for the first time in the episode. Only titles whose
   header survived the character cut count.
+- Repeated searches (`cfg.repeat_search_penalty`, <= 0): added once for each search that ran and showed no
+  passage title the episode had not seen before (the same query again, or one that finds the same passages).
 """
 
 from __future__ import annotations
@@ -204,10 +206,13 @@ class _CallRecordKeys(TypedDict):
 
 
 class CallRecord(_CallRecordKeys, total=False):
-    """One tool call of a turn, as `StepInfo["calls"]` lists them (`ok` only when the call was executed)."""
+    """One tool call of a turn, as `StepInfo["calls"]` lists them (`ok` and `repeat` only when the call was
+    executed)."""
 
     ok: bool
     """`ToolResult.ok`."""
+    repeat: bool
+    """The call ran well and showed no title the episode had not seen (`cfg.repeat_search_penalty`)."""
 
 
 class _StepInfoKeys(TypedDict):
@@ -357,6 +362,7 @@ class ToolEnv:
             reward += self.cfg.format_penalty
         if self.cfg.use_process_reward:
             reward += self.cfg.process_reward_weight * len(info["new_supporting"])
+        reward += self.cfg.repeat_search_penalty * sum(bool(c.get("repeat")) for c in info["calls"])
 
         if not self.done and last_turn:
             info["action_kind"] = info["kind"]
@@ -457,6 +463,8 @@ class ToolEnv:
             rec["error"] = result.error or "the tool failed"
         titles = [str(t) for t in (result.data or {}).get("titles", [])]
         rec["titles"] = titles
+        shows = "titles" in (result.data or {})  # a tool that shows passages (search)
+        rec["repeat"] = bool(result.ok and shows and all(_norm_title(t) in self._seen_titles for t in titles))
         for t in titles:
             key = _norm_title(t)
             if key in self._supporting and key not in self._seen_titles:

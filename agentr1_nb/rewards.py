@@ -5,7 +5,8 @@ Background
 ----------
 Agent-R1 scores an episode with an *outcome* reward computed from the final answer and, optionally,
 *process* rewards from the environment (here: a search that surfaces a new supporting passage; the env also
-adds `cfg.format_penalty` for a malformed action to the same step reward). The paper's
+adds `cfg.format_penalty` for a malformed action and `cfg.repeat_search_penalty` for a search that shows
+nothing new to the same step reward). The paper's
 outcome reward (eq. 6) gates the answer score on the format::
 
     format = (answer_ok + tool_ok) / 2          # mean of the answer-format and tool-call-syntax checks
@@ -28,7 +29,8 @@ Departures / decisions
 ----------------------
 - Step rewards arrive *final* from the environment: `StepResult.reward` already holds
   `cfg.process_reward_weight` x (new supporting passages) when `cfg.use_process_reward` is on, plus
-  `cfg.format_penalty` per malformed action. The weight and the switch are applied there and only there;
+  `cfg.format_penalty` per malformed action and `cfg.repeat_search_penalty` per repeated search. The weight
+  and the switch are applied there and only there;
   `token_rewards` places `traj.process_rewards` as they are (re-applying the switch here would also drop
   the format penalties, which share the same number).
 - An empty (or missing) prediction scores 0 for EM and F1, even against an answer that normalises to "".

@@ -376,6 +376,32 @@ def test_process_reward_counts_new_supporting_passages(tokenizer):
     assert env.step(enc(tokenizer, call(query="alpha"))).reward == 0.0
 
 
+def test_repeat_search_penalty_for_a_search_that_shows_nothing_new(tokenizer):
+    """`repeat_search_penalty`: added for each search that ran and showed only titles already seen (the
+    same query again, or another query finding the same passages); not for a new passage, a failed call,
+    or another tool."""
+    env = make_env(tokenizer, process_reward_weight=0.5, repeat_search_penalty=-0.2, max_turns=6)
+    rewards, repeats = [], []
+    for text in [
+        call(query="alpha gamma"),  # new: Alpha (supporting) and Gamma
+        call(query="gamma"),  # only Gamma again
+        call(query="alpha beta"),  # Beta is new
+        call(query=5),  # refused by the schema: a format penalty, not a repeat
+        call("calculator", expression="1+1"),  # a tool that shows no passages
+    ]:
+        res = env.step(enc(tokenizer, text))
+        rewards.append(res.reward)
+        repeats.append([c.get("repeat") for c in res.info["calls"]])
+        _assert_declared_keys(res.info)
+    assert repeats == [[False], [True], [False], [None], [False]]
+    assert rewards == pytest.approx([0.5, -0.2, 0.5, -0.1, 0.0])
+    off = make_env(tokenizer, max_turns=3)
+    off.step(enc(tokenizer, call(query="gamma")))
+    assert off.step(enc(tokenizer, call(query="gamma"))).reward == 0.0  # off by default
+    with pytest.raises(ValueError, match="repeat_search_penalty"):
+        Config(repeat_search_penalty=0.3)
+
+
 def test_process_reward_only_for_visible_titles(tokenizer):
     tools = [SearchTool(FakeRetriever(), k=3, max_chars=40)]
     env = make_env(tokenizer, tools=tools, max_tool_chars=40)
