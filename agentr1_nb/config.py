@@ -158,6 +158,9 @@ class Config:
     """Tell the model when its next turn is its last (`prompts.LAST_TURN_NOTE`, a user message after that
     turn's observation), so that an episode that has searched to the turn budget answers instead of running
     out of turns; the warm-up's demonstrations see it too."""
+    repeat_search_note: bool = False
+    """After a search that showed no passage the episode had not seen, tell the model so and to search a
+    name it has not searched (`prompts.REPEAT_SEARCH_NOTE`, a user message after the tool's response)."""
     temperature: float = 1.0
     """Sampling temperature during training rollouts (evaluation is greedy)."""
     top_p: float = 1.0

@@ -45,8 +45,10 @@ Episode rules (documented choices):
 - Process reward (`cfg.use_process_reward`): `cfg.process_reward_weight` for each supporting passage (title in
   `example.supporting_titles`) that a search shows for the first time in the episode. Only titles whose
   header survived the character cut count.
-- Repeated searches (`cfg.repeat_search_penalty`, <= 0): added once for each search that ran and showed no
-  passage title the episode had not seen before (the same query again, or one that finds the same passages).
+- Repeated searches: a search that ran and showed no passage title the episode had not seen before (the same
+  query again, or one that finds the same passages) is a "repeat" (`CallRecord["repeat"]`); each adds
+  `cfg.repeat_search_penalty` (<= 0) to the step reward, and with `cfg.repeat_search_note` the observation
+  ends with a user message telling the model so (`prompts.REPEAT_SEARCH_NOTE`), before the last-turn note.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from .prompts import (
     LAST_TURN_NOTE,
     QWEN_TOOLS_HEAD,
     QWEN_TOOLS_TAIL,
+    REPEAT_SEARCH_NOTE,
     check_prompt_style,
 )
 from .retrieval import Retriever, build_retriever
@@ -372,6 +375,9 @@ class ToolEnv:
         if self.done:
             observation, obs_ids = "", []
         else:
+            if self.cfg.repeat_search_note and any(c.get("repeat") for c in info["calls"]):
+                contents.append(REPEAT_SEARCH_NOTE)
+                new_msgs.append({"role": "user", "content": REPEAT_SEARCH_NOTE})
             # the next turn is the last: say so
             if self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns:
                 contents.append(LAST_TURN_NOTE)

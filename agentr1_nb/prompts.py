@@ -40,6 +40,12 @@ AGENT_FEW_SHOT_EPISODE = [
 LAST_TURN_NOTE = "Your next turn is your last: reply with only <answer>short answer</answer>."
 """What the env tells the model before its last turn when `Config.last_turn_note` is on."""
 
+REPEAT_SEARCH_NOTE = (
+    "You have seen these passages before. Search for a name in them that you have not searched."
+)
+"""What the env tells the model after a search that showed nothing new when `Config.repeat_search_note` is
+on."""
+
 QWEN_TOOLS_HEAD = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"

@@ -350,6 +350,27 @@ def test_last_turn_note_comes_before_the_last_turn_only(tokenizer, note):
     assert res.done and env.answer == "Beta"
 
 
+@pytest.mark.parametrize("note", [False, True])
+def test_repeat_search_note_follows_a_search_that_shows_nothing_new(tokenizer, note):
+    """`repeat_search_note`: a search showing only passages already seen is followed by a user turn saying
+    so (before the last-turn note when both apply); a new passage is not; the stream still renders as the
+    chat template renders the history."""
+    from agentr1_nb.prompts import LAST_TURN_NOTE, REPEAT_SEARCH_NOTE
+
+    env = make_env(tokenizer, max_turns=4, repeat_search_note=note, last_turn_note=True)
+    ids = list(env.prompt_ids)
+    for action in (call(query="gamma"), call(query="beta"), call(query="gamma")):
+        a = enc(tokenizer, action)
+        res = env.step(a)
+        ids += a + res.obs_ids
+    notes = [REPEAT_SEARCH_NOTE in t["observation"] for t in env.turns]
+    assert notes == [False, False, note]
+    last = env.turns[-1]["observation"]
+    assert last.endswith((REPEAT_SEARCH_NOTE + "\n\n") * note + LAST_TURN_NOTE)
+    assert tokenizer.decode(ids) == render_chat(tokenizer, env.messages, add_generation_prompt=True)
+    assert env.step(enc(tokenizer, "<answer>Beta</answer>")).done
+
+
 def test_gold_episode_that_fills_the_turns_answers_after_the_note(tokenizer):
     """The warm-up's demonstrations pass through the env, so a chain that fills the turn budget shows the
     note right before its answer."""
