@@ -375,13 +375,12 @@ class ToolEnv:
         if self.done:
             observation, obs_ids = "", []
         else:
-            if self.cfg.repeat_search_note and any(c.get("repeat") for c in info["calls"]):
-                contents.append(REPEAT_SEARCH_NOTE)
-                new_msgs.append({"role": "user", "content": REPEAT_SEARCH_NOTE})
-            # the next turn is the last: say so
-            if self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns:
-                contents.append(LAST_TURN_NOTE)
-                new_msgs.append({"role": "user", "content": LAST_TURN_NOTE})
+            repeated = self.cfg.repeat_search_note and any(c.get("repeat") for c in info["calls"])
+            last_next = self.cfg.last_turn_note and len(self.turns) + 2 == self.cfg.max_turns
+            for note, applies in ((REPEAT_SEARCH_NOTE, repeated), (LAST_TURN_NOTE, last_next)):
+                if applies:  # the repeat note first, then the last-turn note
+                    contents.append(note)
+                    new_msgs.append({"role": "user", "content": note})
             observation = "\n\n".join(contents)
             obs_ids, info["obs_text"] = self._observation_ids(new_msgs, ended_with)
             self.messages.extend(new_msgs)
@@ -467,12 +466,13 @@ class ToolEnv:
         rec["ok"] = result.ok
         if not result.ok:
             rec["error"] = result.error or "the tool failed"
-        titles = [str(t) for t in (result.data or {}).get("titles", [])]
+        data = result.data or {}
+        titles = [str(t) for t in data.get("titles", [])]
+        keys = [_norm_title(t) for t in titles]
         rec["titles"] = titles
-        shows = "titles" in (result.data or {})  # a tool that shows passages (search)
-        rec["repeat"] = bool(result.ok and shows and all(_norm_title(t) in self._seen_titles for t in titles))
-        for t in titles:
-            key = _norm_title(t)
+        shows = "titles" in data  # a tool that shows passages (search)
+        rec["repeat"] = bool(result.ok and shows and all(k in self._seen_titles for k in keys))
+        for t, key in zip(titles, keys):
             if key in self._supporting and key not in self._seen_titles:
                 rec["new_supporting"].append(t)
             self._seen_titles.add(key)
