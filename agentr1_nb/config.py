@@ -10,6 +10,10 @@ Presets:
   top 15 layers, on the CPU in fp32, the generated fictional world,
   zero-shot prompt after a short supervised warm-up, small batches, no KL term. This is what ``make demo``
   runs.
+- ``cpu_multihop``: ``cpu_demo`` with the levers that lift the third hop on 2 of 3 seeds (docs/results.md, "The
+  third query"): a larger world and 30 held-out questions of each kind, batches balanced by kind, a cosine
+  schedule, twice the pay per new supporting passage, and notes before the last turn and after a repeated
+  search. About 30 minutes on 2 CPU cores instead of 13, and single-hop EM lower after RL on some seeds.
 - ``colab_t4``: Qwen2.5-3B-Instruct in 4-bit NF4 + LoRA, fp16 compute (a T4 has no bf16), batch sizes that
   fit 15 GB by `memory.memory_budget` (notebook 07 shows its terms), HotpotQA.
 - ``a100``: the same model with bf16 compute, the paper's group size (5), turn limit (5) and tokens per turn
@@ -366,6 +370,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESETS["a100_80gb"] = dict(
     PRESETS["a100"], questions_per_step=16, minibatch_size=40, micro_batch_size=8, eval_batch_size=64
+)
+PRESETS["cpu_multihop"] = dict(
+    PRESETS["cpu_demo"],
+    world_entities=180,  # a larger world: 1,200 questions, 30 of each kind held out for evaluation
+    world_questions=1200,
+    eval_per_kind=30,
+    eval_questions=120,
+    kind_balanced=True,  # each step's questions drawn evenly over the four kinds
+    lr_schedule="cosine",
+    share_prompt=True,
+    process_reward_weight=0.6,  # twice cpu_demo's pay per new supporting passage
+    last_turn_note=True,  # an episode that searches to the turn limit still answers
+    repeat_search_note=True,  # after a search that showed nothing new: search a name not yet searched
 )
 
 

@@ -329,6 +329,21 @@ def before_after_table(report: dict) -> str:
     return markdown_rows(rows, floatfmt=".2f")
 
 
+def kinds_table(records: dict[str, dict], kinds=("single", "comparison", "bridge", "3hop")) -> str:
+    """Held-out EM by question kind before -> after RL, one row per run record (`runs.shipped_runs()`), each
+    with its 95% interval (over the kind's questions), and the questions of each kind."""
+    rows = []
+    for name, rec in records.items():
+        r = rec["report"]
+        row = {"run": name, "seed": r["seed"]}
+        for k in kinds:
+            before = _with_ci(r["em_by_kind_before"][k], r["em_by_kind_before_ci95"][k])
+            after = _with_ci(r["em_by_kind_after"][k], r["em_by_kind_after_ci95"][k])
+            row[f"{k} (n={r['n_by_kind'][k]})"] = f"{before} -> {after}"
+        rows.append(row)
+    return markdown_rows(rows)
+
+
 def _run_kind(report: dict) -> tuple[str, str]:
     """What a shipped run varies: its algorithm and whether the process reward was on."""
     return report["config"]["algo"].upper(), "on" if report["use_process_reward"] else "off"

@@ -262,6 +262,31 @@ def test_results_demo_table_is_what_the_shipped_runs_say():
         numbers_agree(label, cost, [r["minutes"], r["seconds_per_step"], r["peak_rss_mb"]])
 
 
+def test_results_multihop_table_is_what_the_shipped_multihop_runs_say():
+    """docs/results.md's table of the cpu_multihop preset's three seeds: EM overall, by kind (3-hop with its
+    intervals) and multi-hop before -> after RL, searches (on 3-hop questions too), read from
+    `results/multihop_s*`."""
+    rows = table(RESULTS, "| `cpu_multihop` | EM before -> after |")
+    shipped = runs.shipped_runs()
+    assert set(rows) == {f"seed {s}" for s in SEEDS}
+    for s in SEEDS:
+        r = shipped[f"multihop_s{s}"]["report"]
+        em, single, comparison, bridge, hop3, multihop, searches = rows[f"seed {s}"]
+        kb, ka = r["em_by_kind_before"], r["em_by_kind_after"]
+        cb, ca = r["em_by_kind_before_ci95"], r["em_by_kind_after_ci95"]
+        label = f"multihop seed {s}"
+        numbers_agree(
+            label, em, with_ci(r["em_before"], r["em_before_ci95"]) + with_ci(r["em_after"], r["em_after_ci95"])
+        )
+        for kind, cell in (("single", single), ("comparison", comparison), ("bridge", bridge)):
+            numbers_agree(label, cell, [kb[kind], ka[kind]])
+        numbers_agree(label, hop3, with_ci(kb["3hop"], cb["3hop"]) + with_ci(ka["3hop"], ca["3hop"]))
+        mh = [r["multihop_em_before"], *with_ci(r["multihop_em_after"], r["multihop_em_after_ci95"])]
+        numbers_agree(label, multihop, mh)
+        hop_searches = [r[f"answers_by_kind_{x}"]["3hop"]["searches"] for x in ("before", "after")]
+        numbers_agree(label, searches, [r["mean_searches_before"], r["mean_searches_after"], 3, *hop_searches])
+
+
 COMPARISON_LABELS = {
     "GRPO (the demo runs)": "GRPO",
     "Base Tool Call, 1-shot": "Base Tool Call (1-shot)",

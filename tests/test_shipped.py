@@ -33,20 +33,27 @@ def split_name(name: str) -> tuple[str, set[str]]:
     return name, suffixes
 
 
+# a record's name starts with the preset it ran: `demo_` today's cpu_demo, `multihop_` cpu_multihop
+_PREFIXES = {"demo_": "cpu_demo", "multihop_": "cpu_multihop"}
+
+
 def recipe_of(name: str) -> dict:
-    """The config a shipped record claims: today's cpu_demo preset with the overrides its name's suffixes say
-    (`_rloo`: RLOO instead of GRPO)."""
-    cfg = get_config("cpu_demo").to_dict()
+    """The config a shipped record claims: the preset its name starts with, with the overrides its name's
+    suffixes say (`_rloo`: RLOO instead of GRPO)."""
+    preset = next(p for prefix, p in _PREFIXES.items() if name.startswith(prefix))
+    cfg = get_config(preset).to_dict()
     for suffix in split_name(name)[1]:
         cfg.update(_SUFFIXES[suffix])
     return cfg
 
 
-def test_shipped_runs_are_finished_demo_runs_of_todays_preset():
-    """The package ships today's preset's runs only (docs/results.md): the demo, without the process reward and
-    with RLOO, three seeds each; earlier recipes' runs are history (docs/history.md), not package data."""
+def test_shipped_runs_are_finished_demo_runs_of_todays_presets():
+    """The package ships today's presets' runs only (docs/results.md): the demo, without the process reward and
+    with RLOO, and the cpu_multihop preset, three seeds each; earlier recipes' runs are history
+    (docs/history.md), not package data."""
     records = runs.shipped_runs()
     today = {f"demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo")}
+    today |= {f"multihop_s{seed}" for seed in (0, 1, 2)}
     assert set(records) == today
     for name, rec in records.items():
         recipe = recipe_of(name)

@@ -207,6 +207,20 @@ def test_before_after_table_lists_kinds_multihop_all_and_searches():
     assert lines[-1] == "| searches per question | 1.00 | 2.00 |"
 
 
+def test_kinds_table_gives_each_kind_before_and_after_with_its_interval():
+    report = {
+        "seed": 1, "n_by_kind": {"bridge": 30, "3hop": 29},
+        "em_by_kind_before": {"bridge": 0.1, "3hop": 0.2}, "em_by_kind_after": {"bridge": 0.3, "3hop": 0.5},
+        "em_by_kind_before_ci95": {"bridge": [0.0, 0.2], "3hop": [0.07, 0.33]},
+        "em_by_kind_after_ci95": {"bridge": [0.1, 0.4], "3hop": [0.33, 0.67]},
+    }  # fmt: skip
+    lines = viz.kinds_table({"m_s1": {"report": report}}, kinds=("bridge", "3hop")).splitlines()
+    assert lines[0] == "| run | seed | bridge (n=30) | 3hop (n=29) |"
+    assert lines[2] == (
+        "| m_s1 | 1 | 0.10 [0.00, 0.20] -> 0.30 [0.10, 0.40] | 0.20 [0.07, 0.33] -> 0.50 [0.33, 0.67] |"
+    )
+
+
 def test_missing_samples_note_names_what_is_missing(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.json").write_text("[]")
