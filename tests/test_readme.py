@@ -276,7 +276,9 @@ def test_results_multihop_table_is_what_the_shipped_multihop_runs_say():
         cb, ca = r["em_by_kind_before_ci95"], r["em_by_kind_after_ci95"]
         label = f"multihop seed {s}"
         numbers_agree(
-            label, em, with_ci(r["em_before"], r["em_before_ci95"]) + with_ci(r["em_after"], r["em_after_ci95"])
+            label,
+            em,
+            with_ci(r["em_before"], r["em_before_ci95"]) + with_ci(r["em_after"], r["em_after_ci95"]),
         )
         for kind, cell in (("single", single), ("comparison", comparison), ("bridge", bridge)):
             numbers_agree(label, cell, [kb[kind], ka[kind]])
@@ -284,7 +286,9 @@ def test_results_multihop_table_is_what_the_shipped_multihop_runs_say():
         mh = [r["multihop_em_before"], *with_ci(r["multihop_em_after"], r["multihop_em_after_ci95"])]
         numbers_agree(label, multihop, mh)
         hop_searches = [r[f"answers_by_kind_{x}"]["3hop"]["searches"] for x in ("before", "after")]
-        numbers_agree(label, searches, [r["mean_searches_before"], r["mean_searches_after"], 3, *hop_searches])
+        numbers_agree(
+            label, searches, [r["mean_searches_before"], r["mean_searches_after"], 3, *hop_searches]
+        )
 
 
 COMPARISON_LABELS = {
