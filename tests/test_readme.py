@@ -262,19 +262,26 @@ def test_results_demo_table_is_what_the_shipped_runs_say():
         numbers_agree(label, cost, [r["minutes"], r["seconds_per_step"], r["peak_rss_mb"]])
 
 
-def test_results_multihop_table_is_what_the_shipped_multihop_runs_say():
-    """docs/results.md's table of the cpu_multihop preset's three seeds: EM overall, by kind (3-hop with its
-    intervals) and multi-hop before -> after RL, searches (on 3-hop questions too), read from
-    `results/multihop_s*`."""
-    rows = table(RESULTS, "| `cpu_multihop` | EM before -> after |")
+@pytest.mark.parametrize(
+    "header, suffix",
+    [
+        ("| `cpu_multihop` | EM before -> after |", ""),
+        ("| `cpu_multihop`, 40 steps | EM before -> after |", "_40steps"),
+    ],
+)
+def test_results_multihop_table_is_what_the_shipped_multihop_runs_say(header, suffix):
+    """docs/results.md's tables of the cpu_multihop preset's three seeds, at its steps and at twice them: EM
+    overall, by kind (3-hop with its intervals) and multi-hop before -> after RL, searches (on 3-hop questions
+    too), read from `results/multihop_s*`."""
+    rows = table(RESULTS, header)
     shipped = runs.shipped_runs()
     assert set(rows) == {f"seed {s}" for s in SEEDS}
     for s in SEEDS:
-        r = shipped[f"multihop_s{s}"]["report"]
+        r = shipped[f"multihop_s{s}{suffix}"]["report"]
         em, single, comparison, bridge, hop3, multihop, searches = rows[f"seed {s}"]
         kb, ka = r["em_by_kind_before"], r["em_by_kind_after"]
         cb, ca = r["em_by_kind_before_ci95"], r["em_by_kind_after_ci95"]
-        label = f"multihop seed {s}"
+        label = f"multihop seed {s}{suffix}"
         numbers_agree(
             label,
             em,

@@ -21,6 +21,7 @@ _RUN_FIELDS = {"seed", "use_process_reward", "save_every", "cache_dir", "data_di
 _SUFFIXES = {
     "_no_process_reward": {"use_process_reward": False},
     "_rloo": {"algo": "rloo"},
+    "_40steps": {"steps": 40},
 }
 
 
@@ -49,11 +50,11 @@ def recipe_of(name: str) -> dict:
 
 def test_shipped_runs_are_finished_demo_runs_of_todays_presets():
     """The package ships today's presets' runs only (docs/results.md): the demo, without the process reward and
-    with RLOO, and the cpu_multihop preset, three seeds each; earlier recipes' runs are history
-    (docs/history.md), not package data."""
+    with RLOO, and the cpu_multihop preset at its steps and at twice them, three seeds each; earlier recipes'
+    runs are history (docs/history.md), not package data."""
     records = runs.shipped_runs()
     today = {f"demo_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_no_process_reward", "_rloo")}
-    today |= {f"multihop_s{seed}" for seed in (0, 1, 2)}
+    today |= {f"multihop_s{seed}{v}" for seed in (0, 1, 2) for v in ("", "_40steps")}
     assert set(records) == today
     for name, rec in records.items():
         recipe = recipe_of(name)
